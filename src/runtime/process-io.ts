@@ -1,0 +1,93 @@
+import type { Readable, Writable } from 'node:stream';
+import type { Logger } from '../base/logger.js';
+import type { AgentClient } from '../agent-client/agent-client.js';
+
+/** Where a process's stdio goes on the host: any streams (a terminal, fifos, pipes). */
+export interface HostStdio {
+  stdin?: Readable;
+  stdout?: Writable;
+  stderr?: Writable;
+}
+
+const READ_CHUNK = 32 * 1024;
+
+/**
+ * Copies one guest process's stdio through the agent: ReadStdout/ReadStderr long polls into the host
+ * streams (in order, waiting for drain, so nothing is lost or reordered), and host stdin into WriteStdin
+ * followed by CloseStdin at end of input.
+ */
+export class ProcessIo {
+  private readonly outputsDone: Promise<void>;
+  private stdinDone: Promise<void> = Promise.resolve();
+  private stopped = false;
+  private readonly abort = new AbortController();
+
+  constructor(
+    private readonly agent: AgentClient,
+    private readonly containerId: string,
+    private readonly execId: string,
+    private readonly stdio: HostStdio,
+    private readonly log: Logger,
+    terminal: boolean,
+  ) {
+    const pumps = [this.pumpOut('ReadStdout', stdio.stdout)];
+    if (!terminal) pumps.push(this.pumpOut('ReadStderr', stdio.stderr));
+    this.outputsDone = Promise.all(pumps).then(() => undefined);
+  }
+
+  /** Starts forwarding host stdin; call once the process runs. */
+  startStdin(): void {
+    const input = this.stdio.stdin;
+    if (!input) return;
+    this.stdinDone = this.pumpIn(input);
+  }
+
+  /** Resolves when both output streams reached EOF (or the copy was stopped). */
+  outputs(): Promise<void> {
+    return this.outputsDone;
+  }
+
+  stdinClosed(): Promise<void> {
+    return this.stdinDone;
+  }
+
+  /** Stops copying (used when the VM is gone or the host gives up waiting for EOF). */
+  stop(): void {
+    this.stopped = true;
+    this.abort.abort();
+    this.stdio.stdin?.pause();
+  }
+
+  private async pumpOut(method: 'ReadStdout' | 'ReadStderr', sink?: Writable): Promise<void> {
+    const ids = { containerId: this.containerId, execId: this.execId };
+    while (!this.stopped) {
+      let data: Buffer;
+      try {
+        ({ data } = await this.agent.call(method, { ...ids, len: READ_CHUNK }, { signal: this.abort.signal }));
+      } catch (err) {
+        if (!this.stopped) this.log.debug({ err, method, ...ids }, 'output copy ended');
+        return;
+      }
+      if (data.length === 0) return;
+      if (sink && !sink.destroyed) {
+        if (!sink.write(data)) await new Promise<void>((r) => sink.once('drain', r).once('close', r));
+      }
+    }
+  }
+
+  private async pumpIn(input: Readable): Promise<void> {
+    const ids = { containerId: this.containerId, execId: this.execId };
+    try {
+      for await (const chunk of input) {
+        if (this.stopped) return;
+        const data = typeof chunk === 'string' ? Buffer.from(chunk) : (chunk as Buffer);
+        for (let off = 0; off < data.length; off += READ_CHUNK) {
+          await this.agent.call('WriteStdin', { ...ids, data: data.subarray(off, off + READ_CHUNK) });
+        }
+      }
+      if (!this.stopped) await this.agent.call('CloseStdin', ids);
+    } catch (err) {
+      if (!this.stopped) this.log.debug({ err, ...ids }, 'stdin copy ended');
+    }
+  }
+}
