@@ -149,6 +149,8 @@ kernel_root() {
 		got=$(ls "$WORK/${KPKG}_"*.deb)
 		[ "$(sha256_file "$got")" = "$KSHA" ] || die "$got: SHA256 does not match the archive's"
 		mv -f "$got" "$deb"
+		# Only the current kernel package is worth keeping.
+		find "$CACHE/debs" -name '*.deb' ! -name "$(basename "$deb")" -delete
 	fi
 	mkdir -p "$KROOT"
 	dpkg-deb -x "$deb" "$KROOT"
@@ -320,8 +322,19 @@ cached() {
 		log "built $file in $((SECONDS - t0)) s"
 	else
 		log "cached $file ($kind ${key:0:16})"
+		touch "$dir"
 	fi
+	prune "$CACHE/$kind"
 	echo "$dir"
+}
+
+# prune DIR: keep the KATA_TS_GUEST_CACHE_KEEP (default 3) most recently used entries.
+prune() {
+	local old
+	# shellcheck disable=SC2012 # entry names are hex keys
+	for old in $(ls -1t "$1" | grep -E '^[0-9a-f]{64}$' | tail -n +$((${KATA_TS_GUEST_CACHE_KEEP:-3} + 1))); do
+		rm -rf "${1:?}/$old"
+	done
 }
 
 KDIR=$(cached kernel "$KERNEL_KEY" vmlinux.container build_kernel)

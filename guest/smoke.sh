@@ -87,6 +87,7 @@ boot() {
 }
 
 has() { grep -q -- "$2" "$T/$1.log"; }
+up() { sed -n "s/.*$2 uptime=\([0-9.]*\).*/\1/p" "$T/$1.log" | head -1; }
 uptime_at_init() { sed -n 's/.*KATA_INIT_REACHED uptime=\([0-9.]*\).*/\1/p' "$T/$1.log" | head -1; }
 show_log() { echo "---- $1 console"; tr -d '\r' <"$T/$1.log" | tail -40; cat "$T/$1.qemu"; echo "----"; }
 
@@ -102,10 +103,12 @@ check_full() { # NAME
 	has "$n" 'SMOKE cgroup .*memory' || { fail "$n: cgroup2 controllers"; ok=0; }
 	has "$n" 'KATA_AGENT_EXITED status=0' || { fail "$n: no KATA_AGENT_EXITED status=0"; ok=0; }
 	! has "$n" 'SMOKE FAIL' || { fail "$n: $(grep -m1 'SMOKE FAIL' "$T/$n.log")"; ok=0; }
+	! has "$n" '/init: ' || { fail "$n: $(grep -m1 '/init: ' "$T/$n.log")"; ok=0; }
 	! has "$n" 'KATA_INIT_ERROR' || { fail "$n: $(grep -m1 KATA_INIT_ERROR "$T/$n.log")"; ok=0; }
 	[ "$(cat "$T/$n.rc")" = 0 ] || { fail "$n: QEMU did not power off (rc $(cat "$T/$n.rc"))"; ok=0; }
 	if [ "$ok" = 1 ]; then
-		pass "$n: /init at $(uptime_at_init "$n") s guest uptime, agent done at" \
+		pass "$n: /init at $(uptime_at_init "$n") s, modules $(up "$n" KATA_INIT_MODULES) s," \
+			"node $(sed -n 's/.*SMOKE node ok .* uptime=\([0-9.]*\).*/\1/p' "$T/$n.log") s, agent done at" \
 			"$(sed -n 's/.*SMOKE done uptime=\([0-9.]*\).*/\1/p' "$T/$n.log") s, wall $(cat "$T/$n.wall") s"
 	else
 		show_log "$n"

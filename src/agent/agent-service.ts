@@ -74,7 +74,7 @@ export class AgentService {
       },
 
       StartContainer: async (req) => {
-        this.container(req.containerId).start();
+        await this.container(req.containerId).start();
         return EMPTY;
       },
 

@@ -62,9 +62,26 @@ export class GuestContainer {
     return p;
   }
 
-  start(): void {
+  /**
+   * Runs the init process (`crun run` in the foreground) and returns once crun has created the container
+   * (its pid file exists), so that an exec right after start finds it. Fails if crun exits first.
+   */
+  async start(timeoutMs = 30_000): Promise<void> {
     const init = this.init;
     init.start(this.crun.binary, this.crun.runArgs(this.bundleDir, this.id, this.pidFile(this.id)), CRUN_ENV);
+    const deadline = Date.now() + timeoutMs;
+    let delay = 2;
+    while (Date.now() < deadline) {
+      if (await this.readPid(this.id).then(() => true, () => false)) return;
+      if (init.processState === 'exited') {
+        // crun failed before the container existed (its message is on the process's stderr), or the
+        // container already ran to completion: either way the exit status tells.
+        return;
+      }
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(delay * 2, 50);
+    }
+    throw errors.deadline('KATA_START_TIMEOUT', `container ${this.id} was not created by crun within ${timeoutMs} ms`);
   }
 
   async exec(execId: string, pbProcess: PbProcess): Promise<GuestProcess> {
@@ -73,7 +90,7 @@ export class GuestContainer {
     if (this.init.processState !== 'running') {
       throw errors.precondition('KATA_CONTAINER_STATE', `container ${this.id} is not running`);
     }
-    const proc = processFromProto(pbProcess);
+    const proc = withDefaultPath(processFromProto(pbProcess));
     const file = join(this.bundleDir, `exec-${execId}.json`);
     await writeFile(file, JSON.stringify({ ...proc, terminal: false }));
     const p = this.newProcess(execId, proc.terminal ?? false, proc);
@@ -147,13 +164,21 @@ export class GuestContainer {
   }
 }
 
+const DEFAULT_PATH = 'PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+
+/** A process without PATH gets the conventional default, as Docker and runc give it. */
+export function withDefaultPath(p: OciProcess): OciProcess {
+  const env = p.env ?? [];
+  return env.some((e) => e.startsWith('PATH=')) ? p : { ...p, env: [...env, DEFAULT_PATH] };
+}
+
 /** Turns the host's spec into what crun runs in the guest. */
 export function adaptSpec(spec: OciSpec, containerId: string): OciSpec {
   const linux = spec.linux ?? {};
   return {
     ...spec,
     // The PTY is made by the agent (node-pty) and crun inherits it; crun itself never allocates one.
-    process: spec.process ? { ...spec.process, terminal: false, consoleSize: undefined } : undefined,
+    process: spec.process ? { ...withDefaultPath(spec.process), terminal: false, consoleSize: undefined } : undefined,
     hooks: undefined,
     linux: {
       ...linux,

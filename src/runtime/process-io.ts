@@ -17,8 +17,7 @@ const READ_CHUNK = 32 * 1024;
  * followed by CloseStdin at end of input.
  */
 export class ProcessIo {
-  private readonly outputsDone: Promise<void>;
-  private stdinDone: Promise<void> = Promise.resolve();
+  private outputsDone?: Promise<void>;
   private stopped = false;
   private readonly abort = new AbortController();
 
@@ -28,27 +27,24 @@ export class ProcessIo {
     private readonly execId: string,
     private readonly stdio: HostStdio,
     private readonly log: Logger,
-    terminal: boolean,
-  ) {
-    const pumps = [this.pumpOut('ReadStdout', stdio.stdout)];
-    if (!terminal) pumps.push(this.pumpOut('ReadStderr', stdio.stderr));
-    this.outputsDone = Promise.all(pumps).then(() => undefined);
-  }
+    private readonly terminal: boolean,
+  ) {}
 
-  /** Starts forwarding host stdin; call once the process runs. */
-  startStdin(): void {
-    const input = this.stdio.stdin;
-    if (!input) return;
-    this.stdinDone = this.pumpIn(input);
+  /**
+   * Starts copying; call once the agent knows the process (after CreateContainer for an init process, after
+   * ExecProcess for an exec). Output the process wrote before is buffered by the agent, so nothing is lost.
+   */
+  start(): void {
+    if (this.outputsDone) return;
+    const pumps = [this.pumpOut('ReadStdout', this.stdio.stdout)];
+    if (!this.terminal) pumps.push(this.pumpOut('ReadStderr', this.stdio.stderr));
+    this.outputsDone = Promise.all(pumps).then(() => undefined);
+    if (this.stdio.stdin) void this.pumpIn(this.stdio.stdin);
   }
 
   /** Resolves when both output streams reached EOF (or the copy was stopped). */
   outputs(): Promise<void> {
-    return this.outputsDone;
-  }
-
-  stdinClosed(): Promise<void> {
-    return this.stdinDone;
+    return this.outputsDone ?? Promise.resolve();
   }
 
   /** Stops copying (used when the VM is gone or the host gives up waiting for EOF). */

@@ -37,10 +37,10 @@ export class Process {
     return this.exitInfo;
   }
 
-  /** Marks the process running (after StartContainer / ExecProcess succeeded) and starts stdin. */
+  /** Marks the process running (after StartContainer / ExecProcess succeeded) and starts the stdio copy. */
   started(): void {
     this.sm.to('running');
-    this.io.startStdin();
+    this.io.start();
   }
 
   /**

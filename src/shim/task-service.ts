@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { PassThrough, type Writable } from 'node:stream';
 import { errors, KataError } from '../base/errors.js';
 import { checkId } from '../base/ids.js';
@@ -255,7 +255,8 @@ export class TaskService {
       throw errors.alreadyExists('KATA_SANDBOX_EXISTS', `this shim already runs sandbox ${this.sandbox.id}`);
     }
 
-    const rootfsDir = join(r.bundle, 'rootfs');
+    // The snapshotter's mounts go onto <bundle>/rootfs; with none, root.path is already a populated directory.
+    const rootfsDir = r.rootfs.length > 0 ? join(r.bundle, 'rootfs') : resolve(r.bundle, spec.root!.path);
     const stdio: StdioPaths = { stdin: r.stdin, stdout: r.stdout, stderr: r.stderr, terminal: r.terminal };
     const init = new ShimProcess(id, stdio);
     let rootfsMounted = false;

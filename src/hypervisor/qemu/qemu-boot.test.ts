@@ -80,3 +80,40 @@ test('the guest reaches /init and powers off by itself (microvm vs q35)', { skip
     );
   }
 });
+
+test(
+  'the root image stays /dev/vda when more block devices are attached (microvm)',
+  { skip: skip || (!fs.existsSync(IMAGE) && 'no root image'), timeout: 120_000 },
+  async () => {
+    const base = makeBase('kata-boot-test-');
+    bases.push(base);
+    const vols = ['v1', 'v2'].map((id) => {
+      const p = `${base}/${id}.img`;
+      fs.writeFileSync(p, Buffer.alloc(1 << 20)); // zeros: not mountable, so only the image can pass
+      return { kind: 'block' as const, id, path: p, readonly: false };
+    });
+    const config = testConfig(base, {
+      kernelPath: KERNEL,
+      initrdPath: fs.existsSync(INITRD) ? INITRD : undefined,
+      imagePath: IMAGE,
+      memoryMiB: 512,
+      devices: vols,
+    });
+    const vm = new Qemu(config, silentLogger, { tscKhz: hostTscKhz() });
+    try {
+      await vm.start({ timeoutMs: 10_000 });
+      const [pid] = vm.pids();
+      let text = '';
+      for (let i = 0; i < 600 && !/KATA_INIT_SWITCH|KATA_INIT_ERROR/.test(text); i++) {
+        await new Promise((r) => setTimeout(r, 50));
+        text = (await vm.consoleTail(200)).join('\n');
+      }
+      assert.match(text, /KATA_INIT_SWITCH/, `the initrd did not mount /dev/vda:\n${text}`);
+      await vm.stop({ timeoutMs: 5000 });
+      await vm.cleanup();
+      assertNoLeaks(base, config, [pid!]);
+    } finally {
+      await vm.cleanup();
+    }
+  },
+);
