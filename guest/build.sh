@@ -232,7 +232,7 @@ build_initrd() { # DEST_DIR
 
 # ---------------------------------------------------------------- kata-containers.img
 
-# copy_elf SRC DEST_IN_ROOT: copy file content to root path, /lib and /lib64 folded into /usr.
+# root_path PATH: where a host file goes in the guest root (/lib, /lib64, /bin, /sbin folded into /usr).
 root_path() {
 	case "$1" in
 	/lib/* | /lib64/* | /bin/* | /sbin/*) echo "/usr$1" ;;
@@ -292,7 +292,7 @@ build_image() { # DEST_DIR
 		-O ^has_journal,^metadata_csum,^resize_inode \
 		-N $((nfiles + 64)) -U "$uuid" -L kata-root \
 		-E "hash_seed=$uuid,root_owner=0:0,lazy_itable_init=0" \
-		-d "$R" "$img" "${size_mib}M" >&2 || die "mkfs.ext4 failed"
+		-d "$R" "$img" "${size_mib}M" >/dev/null || die "mkfs.ext4 failed"
 	# mkfs -d copies each source file's ctime (touch cannot set it) and atime (reading the
 	# staging tree updates it under relatime): pin both on every inode.
 	(cd "$R" && find . | LC_ALL=C sort | sed -e 's|^\.||' -e 's|^$|/|' |

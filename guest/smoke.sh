@@ -21,8 +21,10 @@ done
 
 T=$(mktemp -d /tmp/kata-ts-smoke.XXXXXX)
 QEMU_PID=
+VFSD_PID=
 cleanup() {
 	if [ -n "$QEMU_PID" ] && kill -0 "$QEMU_PID" 2>/dev/null; then kill "$QEMU_PID" 2>/dev/null || true; fi
+	if [ -n "$VFSD_PID" ] && kill -0 "$VFSD_PID" 2>/dev/null; then kill "$VFSD_PID" 2>/dev/null || true; fi
 	rm -rf "$T"
 }
 trap cleanup EXIT
@@ -56,23 +58,35 @@ boot() {
 	local name=$1 machine=$2 timeout_s=$3 extra=$4 args=()
 	case "$machine" in
 	microvm)
-		args=(-M microvm -global virtio-mmio.force-legacy=false
+		args=(-M microvm,memory-backend=mem -global virtio-mmio.force-legacy=false
+			-device vhost-user-fs-device,chardev=vfs,tag=smokefs
 			-device virtio-blk-device,drive=root
 			-device virtio-serial-device
-			-device virtio-rng-device) ;;
+			-device virtio-rng-device
+			-device virtio-9p-device,fsdev=fs9,mount_tag=smoke9p) ;;
 	q35)
-		args=(-M q35
+		args=(-M q35,memory-backend=mem
+			-device vhost-user-fs-pci,chardev=vfs,tag=smokefs
 			-device virtio-blk-pci,drive=root
 			-device virtio-serial-pci
-			-device virtio-rng-pci) ;;
+			-device virtio-rng-pci
+			-device virtio-9p-pci,fsdev=fs9,mount_tag=smoke9p) ;;
 	esac
-	local t0 t1 rc=0
+	local t0 t1 rc=0 i
+	# virtio-fs: virtiofsd serves $T/share; it exits when QEMU disconnects.
+	/usr/lib/qemu/virtiofsd --socket-path="$T/$name.vfs" -o source="$T/share" -o cache=always \
+		>"$T/$name.virtiofsd" 2>&1 &
+	VFSD_PID=$!
+	for i in $(seq 1 100); do [ -S "$T/$name.vfs" ] && break; sleep 0.05; done
 	t0=$(date +%s.%N)
 	timeout -s KILL "$timeout_s" qemu-system-x86_64 -accel tcg -m 512 -smp 1 \
 		-nodefaults -no-user-config -display none -no-reboot \
 		-kernel "$ASSETS/vmlinux.container" -initrd "$ASSETS/kata-containers-initrd.img" \
 		-append "$CMDLINE $extra" \
 		-serial "file:$T/$name.log" \
+		-object memory-backend-memfd,id=mem,size=512M,share=on \
+		-chardev "socket,id=vfs,path=$T/$name.vfs" \
+		-fsdev "local,id=fs9,path=$T/share,security_model=none,readonly=on" \
 		-drive "file=$ASSETS/kata-containers.img,if=none,id=root,format=raw,readonly=on" \
 		"${args[@]}" \
 		-chardev "socket,id=agent,path=$T/$name.sock,server=on,wait=off" \
@@ -82,6 +96,9 @@ boot() {
 	wait "$QEMU_PID" || rc=$?
 	QEMU_PID=
 	t1=$(date +%s.%N)
+	kill "$VFSD_PID" 2>/dev/null || true
+	wait "$VFSD_PID" 2>/dev/null || true
+	VFSD_PID=
 	echo "$rc" >"$T/$name.rc"
 	awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }' >"$T/$name.wall"
 }
@@ -101,6 +118,9 @@ check_full() { # NAME
 	has "$n" 'SMOKE pty .*30 100' || { fail "$n: pty size"; ok=0; }
 	has "$n" 'SMOKE rootfs-ro EROFS' || { fail "$n: root not read-only"; ok=0; }
 	has "$n" 'SMOKE cgroup .*memory' || { fail "$n: cgroup2 controllers"; ok=0; }
+	has "$n" 'SMOKE 9p hello from the host' || { fail "$n: 9p share"; ok=0; }
+	has "$n" 'SMOKE virtiofs hello from the host' || { fail "$n: virtio-fs share"; ok=0; }
+	has "$n" 'SMOKE container container ok pid=1' || { fail "$n: crun run in overlay rootfs"; ok=0; }
 	has "$n" 'KATA_AGENT_EXITED status=0' || { fail "$n: no KATA_AGENT_EXITED status=0"; ok=0; }
 	! has "$n" 'SMOKE FAIL' || { fail "$n: $(grep -m1 'SMOKE FAIL' "$T/$n.log")"; ok=0; }
 	! has "$n" '/init: ' || { fail "$n: $(grep -m1 '/init: ' "$T/$n.log")"; ok=0; }
@@ -135,6 +155,8 @@ check_error() { # NAME
 	fi
 }
 
+mkdir -p "$T/share"
+echo "hello from the host" >"$T/share/hello.txt"
 echo "assets: $ASSETS"
 ls -l "$ASSETS" | awk 'NR > 1 { printf "  %-28s %10d bytes\n", $9, $5 }'
 echo "cmdline: $CMDLINE"

@@ -33,6 +33,31 @@ check('cgroup', () => fs.readFileSync('/sys/fs/cgroup/cgroup.subtree_control', '
 check('modules', () => fs.readFileSync('/proc/modules', 'utf8').split('\n').filter(Boolean).length);
 check('rootfs-ro', () => { try { fs.writeFileSync('/x', 'x'); return 'WRITABLE'; } catch (e) { return e.code; } });
 
+// 9p share from the host (smoke.sh exports a dir with hello.txt under tag smoke9p).
+check('9p', () => {
+  fs.mkdirSync('/run/smoke9p', { recursive: true });
+  execFileSync('mount', ['-t', '9p', '-o', 'trans=virtio,version=9p2000.L,msize=524288,cache=loose', 'smoke9p', '/run/smoke9p']);
+  return fs.readFileSync('/run/smoke9p/hello.txt', 'utf8').trim();
+});
+// virtio-fs share of the same directory (tag smokefs, served by virtiofsd).
+check('virtiofs', () => {
+  fs.mkdirSync('/run/smokefs', { recursive: true });
+  execFileSync('mount', ['-t', 'virtiofs', 'smokefs', '/run/smokefs']);
+  return fs.readFileSync('/run/smokefs/hello.txt', 'utf8').trim();
+});
+// A container: overlay of the read-only root as its rootfs, crun run with the default spec.
+check('container', () => {
+  const b = '/tmp/bundle';
+  for (const d of ['rootfs', 'upper', 'work']) fs.mkdirSync(`${b}/${d}`, { recursive: true });
+  execFileSync('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=/,upperdir=${b}/upper,workdir=${b}/work`, `${b}/rootfs`]);
+  execFileSync('crun', ['spec'], { cwd: b });
+  const spec = JSON.parse(fs.readFileSync(`${b}/config.json`, 'utf8'));
+  spec.process.terminal = false;
+  spec.process.args = ['/bin/sh', '-c', 'echo container ok pid=$$ host=$(hostname)'];
+  fs.writeFileSync(`${b}/config.json`, JSON.stringify(spec));
+  return execFileSync('crun', ['run', '-b', b, 'smoke'], { encoding: 'utf8' }).trim();
+});
+
 let pty;
 try {
   pty = require('node-pty');

@@ -3,11 +3,12 @@ import { qemuFactory } from '../hypervisor/qemu/qemu.js';
 import { errors } from '../base/errors.js';
 import { createShareFs } from '../resource/sharefs/index.js';
 import type { SandboxDeps } from './sandbox.js';
+import { coldBoot } from './vm-source.js';
 
 /** The real drivers: QEMU, virtio-fs/9p, KVM-or-TCG detection. */
 export function defaultSandboxDeps(): SandboxDeps {
   return {
-    hypervisors: qemuFactory,
+    vmSource: coldBoot(qemuFactory),
     createShareFs: ({ sandboxId, vmDir, sharedRoot, config }, log) => {
       const hv = config.hypervisor;
       if (hv.sharedFs === 'none') {

@@ -5,16 +5,19 @@ import { errors, KataError, wrapError } from '../base/errors.js';
 import { checkId } from '../base/ids.js';
 import type { Logger } from '../base/logger.js';
 import { AgentClient } from '../agent-client/agent-client.js';
-import type { Hypervisor, HypervisorFactory, VmConfig, VmDevice } from '../hypervisor/hypervisor.js';
+import { randomBytes } from 'node:crypto';
+import type { Hypervisor, VmConfig, VmDevice } from '../hypervisor/hypervisor.js';
 import type { ShareFs } from '../resource/sharefs/share-fs.js';
 import type { RuntimeConfig } from './config/types.js';
 import { Container, type CreateContainerOptions } from './container.js';
 import { sandboxStateDir, vmDir, type RuntimePaths } from './paths.js';
 import { SANDBOX_TRANSITIONS, StateMachine, type SandboxState } from './state-machine.js';
+import type { StartedVm, VmSource } from './vm-source.js';
 
 /** What a sandbox needs from outside: drivers are injected so other hypervisors and share kinds fit. */
 export interface SandboxDeps {
-  hypervisors: HypervisorFactory;
+  /** Cold boot, or a template clone (VM factory). */
+  vmSource: VmSource;
   createShareFs(opts: { sandboxId: string; vmDir: string; sharedRoot: string; config: RuntimeConfig }, log: Logger): ShareFs;
   /** Resolves `accel = "auto"` (KVM only where it really runs a guest). */
   resolveAccel(config: RuntimeConfig, log: Logger): Promise<'kvm' | 'tcg'>;
@@ -36,6 +39,7 @@ export interface SandboxTimings {
   sandboxReadyMs?: number;
   guestInitUptimeS?: number;
   guestAgentUptimeS?: number;
+  vmOrigin?: StartedVm['origin'];
 }
 
 /**
@@ -91,12 +95,22 @@ export class Sandbox {
       cleanup.push('clean up shared filesystem', () => shareFs.cleanup());
       devices.push(await shareFs.prepare({ signal: opts.signal }));
 
-      // 2. The VM.
+      // 2. The VM: booted cold or cloned from a template; either way it runs when this returns.
       const vmConfig = await buildVmConfig(sandboxId, dir, config, devices, deps, log);
-      const hv = deps.hypervisors.create(vmConfig, log);
-      cleanup.push('clean up VM', () => hv.cleanup());
-      await hv.start({ timeoutMs: config.hypervisor.bootTimeoutSec * 1000, signal: opts.signal });
+      const started = await deps.vmSource.start(
+        vmConfig,
+        config,
+        {
+          timeoutMs: config.hypervisor.bootTimeoutSec * 1000,
+          signal: opts.signal,
+          onCreated: (created) => cleanup.push('clean up VM', () => created.cleanup()),
+        },
+        log,
+      );
+      const hv = started.hypervisor;
       timings.vmRunningMs = performance.now() - t0;
+      timings.vmOrigin = started.origin;
+      if (started.fallbackReason) log.warn({ reason: started.fallbackReason }, 'VM template not used: cold boot');
 
       // 3. The agent: give up as soon as the VM exits.
       const vmGone = new AbortController();
@@ -130,9 +144,12 @@ export class Sandbox {
       cleanup.push('close agent connection', () => agent.close());
       timings.agentReadyMs = performance.now() - t0;
 
-      // 4. The sandbox inside the guest.
+      // 4. The guest's identity (a template clone shares its template's RNG state and clock), then the
+      //    sandbox inside the guest.
       const storage = shareFs.guestStorage();
-      await agent.call('SetGuestDateTime', { Sec: Math.floor(Date.now() / 1000), Usec: 0 }).catch((err) =>
+      const now = Date.now();
+      await agent.call('ReseedRandomDev', { data: randomBytes(64) });
+      await agent.call('SetGuestDateTime', { Sec: Math.floor(now / 1000), Usec: (now % 1000) * 1000 }).catch((err) =>
         log.warn({ err }, 'setting guest clock failed'),
       );
       await agent.call('CreateSandbox', {

@@ -1,4 +1,4 @@
-import { close, constants, open as openCb } from 'node:fs';
+import { constants, open as openCb } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { Socket } from 'node:net';
 import type { Readable, Writable } from 'node:stream';
@@ -6,8 +6,7 @@ import { errors } from '../base/errors.js';
 
 /**
  * containerd's stdio paths: fifo paths (bare or `fifo://`), `file://` paths, or `binary://` loggers.
- * Fifos are opened the way Kata does: stdout/stderr read-write so opening never blocks; stdin read-only,
- * which waits (in the thread pool) until the client opens its end.
+ * Fifos are opened the way Kata does, never blocking: stdout/stderr read-write, stdin read-only non-blocking.
  */
 export interface OpenedStdio {
   stream: Readable | Writable;
@@ -24,10 +23,15 @@ function parse(uri: string): { kind: 'fifo' | 'file'; path: string } {
   return { kind: 'fifo', path };
 }
 
-export async function openStdin(uri: string, signal: AbortSignal): Promise<OpenedStdio> {
+export async function openStdin(uri: string): Promise<OpenedStdio> {
   const { path } = parse(uri);
-  const fd = await openAbortable(path, constants.O_RDONLY, signal);
+  // Non-blocking, like Kata: a client that opens its end (ctr, CRI) already counts as a writer while its own
+  // open waits for us, so reads see its data and then EOF when it closes. Never a blocked thread.
+  const fd = await openFd(path, constants.O_RDONLY | constants.O_NONBLOCK).catch((err) => {
+    throw errors.notFound('KATA_STDIO_OPEN', `open stdio fifo ${path}: ${err.message}`, err);
+  });
   const sock = new Socket({ fd, readable: true, writable: false });
+  sock.on('error', () => undefined);
   return { stream: sock, close: () => sock.destroy() };
 }
 
@@ -55,28 +59,3 @@ function openFd(path: string, flags: number): Promise<number> {
   return new Promise((resolve, reject) => openCb(path, flags, (err, fd) => (err ? reject(err) : resolve(fd))));
 }
 
-const closeFd = (fd: number) => new Promise<void>((r) => close(fd, () => r()));
-
-async function openAbortable(path: string, flags: number, signal: AbortSignal): Promise<number> {
-  const pending = openFd(path, flags).catch((err) => {
-    throw errors.notFound('KATA_STDIO_OPEN', `open stdio fifo ${path}: ${err.message}`, err);
-  });
-  const onAbort = async () => {
-    // Opening our own writer completes the pending open; the waiting code below then closes its descriptor.
-    const unblock = await openFd(path, constants.O_RDWR | constants.O_NONBLOCK).catch(() => undefined);
-    await pending.catch(() => undefined);
-    if (unblock !== undefined) await closeFd(unblock);
-  };
-  if (signal.aborted) void onAbort();
-  else signal.addEventListener('abort', onAbort, { once: true });
-  try {
-    const fd = await pending;
-    if (signal.aborted) {
-      await closeFd(fd);
-      throw errors.cancelled('KATA_STDIO_OPEN', `open ${path}: cancelled`);
-    }
-    return fd;
-  } finally {
-    signal.removeEventListener('abort', onAbort);
-  }
-}

@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { PassThrough, type Writable } from 'node:stream';
-import { errors, KataError } from '../base/errors.js';
+import type { Readable, Writable } from 'node:stream';
+import { errors } from '../base/errors.js';
 import { checkId } from '../base/ids.js';
 import type { Logger } from '../base/logger.js';
 import { Any } from '../protocol/gen/google/protobuf/any.js';
@@ -41,7 +41,6 @@ interface StdioPaths {
 class ShimProcess {
   process?: Process;
   private readonly opened: OpenedStdio[] = [];
-  private readonly stdinAbort = new AbortController();
   private startedResolve!: (p: Process) => void;
   readonly started = new Promise<Process>((r) => (this.startedResolve = r));
 
@@ -50,9 +49,9 @@ class ShimProcess {
     readonly stdio: StdioPaths,
   ) {}
 
-  /** Opens containerd's fifos. Stdin waits for its writer in the background. */
-  async openStdio(log: Logger): Promise<{ stdin?: PassThrough; stdout?: Writable; stderr?: Writable }> {
-    const out: { stdin?: PassThrough; stdout?: Writable; stderr?: Writable } = {};
+  /** Opens containerd's fifos (stdin is piped through a PassThrough the process copy reads). */
+  async openStdio(): Promise<{ stdin?: Readable; stdout?: Writable; stderr?: Writable }> {
+    const out: { stdin?: Readable; stdout?: Writable; stderr?: Writable } = {};
     if (this.stdio.stdout) {
       const o = await openOutput(this.stdio.stdout);
       this.opened.push(o);
@@ -64,18 +63,9 @@ class ShimProcess {
       out.stderr = o.stream as Writable;
     }
     if (this.stdio.stdin) {
-      const pass = new PassThrough();
-      out.stdin = pass;
-      openStdin(this.stdio.stdin, this.stdinAbort.signal).then(
-        (o) => {
-          this.opened.push(o);
-          (o.stream as NodeJS.ReadableStream).pipe(pass);
-        },
-        (err) => {
-          if (!(err instanceof KataError && err.kind === 'Cancelled')) log.warn({ err, id: this.id }, 'stdin unavailable');
-          pass.end();
-        },
-      );
+      const o = await openStdin(this.stdio.stdin);
+      this.opened.push(o);
+      out.stdin = o.stream as Readable;
     }
     return out;
   }
@@ -86,7 +76,6 @@ class ShimProcess {
   }
 
   closeStdio(): void {
-    this.stdinAbort.abort();
     for (const o of this.opened) o.close();
     this.opened.length = 0;
   }
@@ -276,7 +265,7 @@ export class TaskService {
         this.sandbox = createdSandbox;
       }
       if (r.terminal && spec.process) spec.process.terminal = true;
-      const hostStdio = await init.openStdio(this.log);
+      const hostStdio = await init.openStdio();
       const container = await this.sandbox!.createContainer({ containerId: id, spec, hostRootfs: rootfsDir, stdio: hostStdio });
       this.tasks.set(id, { id, bundle: r.bundle, identity, rootfsMounted, container, init, execs: new Map() });
       await this.persist();
@@ -313,7 +302,7 @@ export class TaskService {
     const e = task.execs.get(r.execId);
     if (!e) throw errors.notFound('KATA_EXEC_NOT_FOUND', `exec ${r.execId} of task ${r.id} not found`);
     if (e.process) throw errors.precondition('KATA_ILLEGAL_STATE', `exec ${r.execId} already started`);
-    const stdio = await e.openStdio(this.log);
+    const stdio = await e.openStdio();
     const p = await task.container.exec(r.execId, e.spec, stdio).catch((err) => {
       e.closeStdio();
       throw err;

@@ -15,7 +15,7 @@ export function snapshotHost(): HostSnapshot {
   try {
     processes = execFileSync('ps', ['-eo', 'pid=,args='], { encoding: 'utf8' })
       .split('\n')
-      .filter((l) => /qemu-system|virtiofsd/.test(l))
+      .filter((l) => /qemu-system|virtiofsd|containerd-shim-kata/.test(l) && l.includes('/run/'))
       .map((l) => l.trim());
   } catch {
     processes = [];

@@ -61,8 +61,14 @@ describe('kata-runtime run', () => {
     const r7 = await runInVm(['sh', '-c', 'exit 7']);
     bundles.push(r7.bundle);
     assert.equal(r7.code, 7, r7.stderr);
-    const rk = await runInVm(['sh', '-c', 'kill -9 $$']);
-    bundles.push(rk.bundle);
+    // Without a PID namespace of its own the shell is not an init process, so SIGKILL to itself works.
+    const spec = defaultSpec(['sh', '-c', 'kill -9 $$']);
+    spec.linux!.namespaces = spec.linux!.namespaces!.filter((n) => n.type !== 'pid');
+    const bk = await makeBundle(spec);
+    bundles.push(bk);
+    const cfg = writeTestConfig();
+    const rk = await runCli(['--config', cfg.path, 'run', '--bundle', bk.dir, `k${process.pid}`]);
+    cfg.remove();
     assert.equal(rk.code, 137, rk.stderr);
   });
 
