@@ -83,7 +83,7 @@ KREL=${KPKG#linux-image-}
 KINFO=$(apt-cache show --no-all-versions "$KPKG")
 KVER=$(awk '$1 == "Version:" { print $2; exit }' <<<"$KINFO")
 KSHA=$(awk '$1 == "SHA256:" { print $2; exit }' <<<"$KINFO")
-[ -n "$KVER" ] && [ -n "$KSHA" ] || die "apt-cache show $KPKG gave no version/SHA256"
+if [ -z "$KVER" ] || [ -z "$KSHA" ]; then die "apt-cache show $KPKG gave no version/SHA256"; fi
 
 # Every builder file that shapes an output; a change to any of them changes every key.
 BUILDER_HASH=$(cd "$GUEST_DIR" && for f in build.sh lib/common.sh initrd/init init/kata-init.c; do
@@ -165,6 +165,7 @@ build_kernel() { # DEST_DIR
 	vmlinuz=$KROOT/boot/vmlinuz-$KREL
 	[ -f "$vmlinuz" ] || die "$vmlinuz not in the package"
 	# The bzImage carries an xz stream; the first offset that yields a PVH ELF is the kernel.
+	# shellcheck disable=SC2013 # one offset per line, digits only
 	for off in $(LC_ALL=C grep -obUaP '\xfd7zXZ\x00' "$vmlinuz" | cut -d: -f1); do
 		# xz complains about the bytes after the stream; the ELF check below is what counts.
 		tail -c +$((off + 1)) "$vmlinuz" | xz -dc >"$out" 2>/dev/null || true
@@ -331,9 +332,10 @@ cached() {
 # prune DIR: keep the KATA_TS_GUEST_CACHE_KEEP (default 3) most recently used entries.
 prune() {
 	local old
-	# shellcheck disable=SC2012 # entry names are hex keys
-	for old in $(ls -1t "$1" | grep -E '^[0-9a-f]{64}$' | tail -n +$((${KATA_TS_GUEST_CACHE_KEEP:-3} + 1))); do
-		rm -rf "${1:?}/$old"
+	# Entries are named by 64-hex keys; newest first by mtime (touched on every use).
+	find "$1" -mindepth 1 -maxdepth 1 -type d -regextype posix-extended -regex '.*/[0-9a-f]{64}' -printf '%T@ %p\n' |
+		sort -rn | tail -n +$((${KATA_TS_GUEST_CACHE_KEEP:-3} + 1)) | while read -r _ old; do
+		rm -rf "$old"
 	done
 }
 

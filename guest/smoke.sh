@@ -56,6 +56,7 @@ fail() { printf 'FAIL %s\n' "$*"; FAILS=$((FAILS + 1)); }
 # wall time (s) in $T/NAME.wall, QEMU exit status in $T/NAME.rc.
 boot() {
 	local name=$1 machine=$2 timeout_s=$3 extra=$4 args=()
+	# shellcheck disable=SC2054 # commas are QEMU option syntax
 	case "$machine" in
 	microvm)
 		args=(-M microvm,memory-backend=mem -global virtio-mmio.force-legacy=false
@@ -158,7 +159,7 @@ check_error() { # NAME
 mkdir -p "$T/share"
 echo "hello from the host" >"$T/share/hello.txt"
 echo "assets: $ASSETS"
-ls -l "$ASSETS" | awk 'NR > 1 { printf "  %-28s %10d bytes\n", $9, $5 }'
+find "$ASSETS" -maxdepth 1 -type f -printf '  %-28f %10s bytes\n' | sort
 echo "cmdline: $CMDLINE"
 for i in $(seq 1 "$RUNS"); do
 	boot "floor-$i" microvm 30 kata.floor=1

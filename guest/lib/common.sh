@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Helpers shared by guest/build.sh and guest/smoke.sh (sourced, bash).
 
 log() { printf '[guest] %s\n' "$*" >&2; }

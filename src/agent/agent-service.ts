@@ -119,7 +119,7 @@ export class AgentService {
       },
 
       TtyWinResize: async (req) => {
-        this.container(req.containerId).process(req.execId).resize(req.row, req.column);
+        await this.container(req.containerId).resize(req.execId, req.row, req.column);
         return EMPTY;
       },
 

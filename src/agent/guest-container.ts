@@ -8,7 +8,7 @@ import type { Process as PbProcess } from '../protocol/gen/oci.js';
 import { processFromProto, specFromProto, type OciProcess, type OciSpec } from '../protocol/oci-spec.js';
 import type { Crun } from './crun.js';
 import { GuestProcess } from './guest-process.js';
-import { guestUnmount } from './guest-mount.js';
+import { guestUnmount, run } from './guest-mount.js';
 import { checkGuestPath, mountStorage } from './storage.js';
 
 export const CONTAINERS_DIR = '/run/kata-containers';
@@ -92,11 +92,26 @@ export class GuestContainer {
     }
     const proc = withDefaultPath(processFromProto(pbProcess));
     const file = join(this.bundleDir, `exec-${execId}.json`);
-    await writeFile(file, JSON.stringify({ ...proc, terminal: false }));
+    await writeFile(file, JSON.stringify(proc));
     const p = this.newProcess(execId, proc.terminal ?? false, proc);
     this.processes.set(execId, p);
     p.start(this.crun.binary, this.crun.execArgs(this.id, file, this.pidFile(execId)), CRUN_ENV);
     return p;
+  }
+
+  /**
+   * Resizes a terminal process: the agent's PTY (crun's side) and the container's console itself, which the
+   * agent reaches through the process's stdin (`/proc/<pid>/fd/0`) since it lives in the container's devpts.
+   */
+  async resize(execId: string, rows: number, columns: number): Promise<void> {
+    const p = this.process(execId);
+    p.resize(rows, columns);
+    if (rows === 0 || columns === 0 || p.processState !== 'running') return;
+    const pid = await this.readPid(execId || this.id).catch(() => undefined);
+    if (pid === undefined) return;
+    await run('stty', ['-F', `/proc/${pid}/fd/0`, 'rows', String(rows), 'cols', String(columns)]).catch((err) =>
+      this.log.debug({ err, execId }, 'resizing the container console failed'),
+    );
   }
 
   /** Delivers a signal. An empty execId means every process of the container. */
@@ -178,7 +193,9 @@ export function adaptSpec(spec: OciSpec, containerId: string): OciSpec {
   return {
     ...spec,
     // The PTY is made by the agent (node-pty) and crun inherits it; crun itself never allocates one.
-    process: spec.process ? { ...withDefaultPath(spec.process), terminal: false, consoleSize: undefined } : undefined,
+    // A terminal process runs crun in the foreground on a PTY of the agent's (node-pty); crun makes the
+    // container's own console in the container's devpts and relays between the two.
+    process: spec.process ? withDefaultPath(spec.process) : undefined,
     hooks: undefined,
     linux: {
       ...linux,

@@ -63,7 +63,7 @@ test('microvm defaults', () => {
   assert.deepEqual(values(a, '-cpu'), [], 'TCG uses the default CPU model (-cpu max is slower)');
   assert.equal(one(a, '-smp'), '1');
   assert.equal(one(a, '-m'), '256M');
-  assert.deepEqual(values(a, '-object'), []);
+  assert.deepEqual(values(a, '-object'), ['rng-random,id=rng0,filename=/dev/urandom'], 'only the entropy source');
   for (const f of ['-nodefaults', '-no-user-config', '-no-reboot']) assert.ok(a.includes(f), f);
   assert.equal(one(a, '-display'), 'none');
   assert.equal(one(a, '-global'), 'virtio-mmio.force-legacy=false');
@@ -79,7 +79,11 @@ test('microvm defaults', () => {
   assert.equal(one(a, '-name'), 'sandbox-sb1');
   assert.ok(!a.includes('-S') && !a.includes('-incoming'));
   const devices = values(a, '-device');
-  assert.deepEqual(devices, ['virtio-serial-device,id=serial0', 'virtserialport,chardev=agent,name=agent']);
+  assert.deepEqual(devices, [
+    'virtio-serial-device,id=serial0',
+    'virtserialport,chardev=agent,name=agent',
+    'virtio-rng-device,id=rng,rng=rng0',
+  ]);
 });
 
 test('q35 and pc use PCI device names and no virtio-mmio global', () => {
@@ -128,6 +132,7 @@ test('microvm device names', () => {
     'virtio-blk-device,id=image,drive=drive-image',
     'virtio-serial-device,id=serial0',
     'virtserialport,chardev=agent,name=agent',
+    'virtio-rng-device,id=rng,rng=rng0',
     'vhost-user-fs-device,id=fs0,chardev=char-fs0,tag=kataShared',
     'virtio-9p-device,id=p9,fsdev=fsdev-p9,mount_tag=t9',
     'virtio-blk-device,id=b1,drive=drive-b1',
@@ -154,18 +159,25 @@ test('the root image is the first block device', () => {
   assert.ok(values(a, '-blockdev')[1]!.includes('read-only=off'));
 });
 
+/** The memory backend object (the entropy source is the other -object). */
+function memObject(a: string[]): string {
+  const objs = values(a, '-object').filter((v) => !v.startsWith('rng-random'));
+  assert.equal(objs.length, 1, `expected one memory backend, got ${JSON.stringify(objs)}`);
+  return objs[0]!;
+}
+
 test('memory backends', () => {
   const memfd = buildQemuArgs(cfg({ memoryBackend: { kind: 'memfd' }, memoryMiB: 512 }));
-  assert.equal(one(memfd, '-object'), 'memory-backend-memfd,id=mem,size=512M,share=on');
+  assert.equal(memObject(memfd), 'memory-backend-memfd,id=mem,size=512M,share=on');
   assert.equal(one(memfd, '-m'), '512M');
   assert.match(one(memfd, '-machine'), /,memory-backend=mem$/);
 
   const tmpl = buildQemuArgs(cfg({ memoryBackend: { kind: 'file', path: '/dev/shm/tmpl', share: true } }));
-  assert.equal(one(tmpl, '-object'), 'memory-backend-file,id=mem,size=256M,mem-path=/dev/shm/tmpl,share=on');
+  assert.equal(memObject(tmpl), 'memory-backend-file,id=mem,size=256M,mem-path=/dev/shm/tmpl,share=on');
   const clone = buildQemuArgs(
     cfg({ memoryBackend: { kind: 'file', path: '/dev/shm/tmpl', share: false }, incomingStatePath: '/t/state' }),
   );
-  assert.equal(one(clone, '-object'), 'memory-backend-file,id=mem,size=256M,mem-path=/dev/shm/tmpl,share=off');
+  assert.equal(memObject(clone), 'memory-backend-file,id=mem,size=256M,mem-path=/dev/shm/tmpl,share=off');
 });
 
 test('kernel command line: tuned defaults, tsc_early_khz, panic=-1, then user params', () => {
@@ -202,7 +214,7 @@ test('accelerators and TCG threading', () => {
 
 test('vsock agent channel', () => {
   const a = buildQemuArgs(cfg({ agentChannel: { kind: 'vsock', guestCid: 3, port: 1024 } }));
-  assert.deepEqual(values(a, '-device'), ['vhost-vsock-device,id=vsock0,guest-cid=3']);
+  assert.deepEqual(values(a, '-device'), ['vhost-vsock-device,id=vsock0,guest-cid=3', 'virtio-rng-device,id=rng,rng=rng0']);
   assert.ok(!values(a, '-chardev').some((c) => c.includes('id=agent')));
   const q = buildQemuArgs(cfg({ machineType: 'q35', agentChannel: { kind: 'vsock', guestCid: 42, port: 1024 } }));
   assert.ok(values(q, '-device').includes('vhost-vsock-pci,id=vsock0,guest-cid=42'));

@@ -59,7 +59,7 @@ const DEFAULT_Q35_HOTPLUG_PORTS = 2;
 const MAX_VCPUS = 255;
 const MIN_MEMORY_MIB = 16;
 
-type DeviceKind = 'blk' | 'serial' | 'fs' | '9p' | 'net' | 'vsock';
+type DeviceKind = 'blk' | 'serial' | 'fs' | '9p' | 'net' | 'vsock' | 'rng';
 
 const DEVICE_DRIVERS: Record<DeviceKind, { mmio: string; pci: string }> = {
   blk: { mmio: 'virtio-blk-device', pci: 'virtio-blk-pci' },
@@ -68,6 +68,7 @@ const DEVICE_DRIVERS: Record<DeviceKind, { mmio: string; pci: string }> = {
   '9p': { mmio: 'virtio-9p-device', pci: 'virtio-9p-pci' },
   net: { mmio: 'virtio-net-device', pci: 'virtio-net-pci' },
   vsock: { mmio: 'vhost-vsock-device', pci: 'vhost-vsock-pci' },
+  rng: { mmio: 'virtio-rng-device', pci: 'virtio-rng-pci' },
 };
 
 /** microvm has virtio-mmio transports only; pc and q35 have PCI. */
@@ -356,6 +357,9 @@ export function buildQemuArgs(config: VmConfig, options: QemuArgsOptions = {}): 
   }
 
   args.push(...agentChannelArgs(config));
+  // Entropy for the guest: without it Node's start-up blocks on the guest RNG (several seconds under TCG).
+  args.push('-object', 'rng-random,id=rng0,filename=/dev/urandom');
+  args.push('-device', opts(deviceDriver(config.machineType, 'rng'), [['id', 'rng'], ['rng', 'rng0']]));
   for (const d of config.devices) args.push(...deviceArgs(config.machineType, d));
 
   // A clone loads its device state over QMP (`migrate-incoming`) and must stay paused afterwards: without -S
