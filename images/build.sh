@@ -4,7 +4,8 @@
 #   pause.tar    registry.k8s.io/pause:kata-ts       /pause from images/pause.c (gcc -static)
 #   nginx.tar    docker.io/library/nginx:kata-ts     busybox layer + Debian's nginx with the libraries it needs
 # Each tarball is an OCI image layout (oci-layout, index.json, blobs/sha256) plus a docker-style manifest.json,
-# loadable by `ctr images import` (containerd 1.6) and `podman load`.
+# loadable by `ctr images import` (containerd 1.6; checked by images/verify.sh); `podman load` takes the same
+# format (not checked here: podman is not installed on this machine).
 #
 # Reproducible: fixed mtimes, entries sorted by name, owner 0:0 (numeric), JSON written in one fixed form; the
 # same package versions and the same scripts give byte-identical tarballs.
@@ -77,6 +78,8 @@ mkdir -p "$DEB_CACHE"
 exec 9>"$OUT/.lock"
 flock 9
 
+# Work directories of builds that were killed (we hold the lock, so none is in use).
+rm -rf "$OUT"/.work.*
 WORK=$(mktemp -d "$OUT/.work.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
@@ -509,6 +512,19 @@ build_nginx() {
     "nginx ${VER[nginx]}" "$BUSYBOX_LAYER" "$WORK/layer-nginx.tar"
 }
 
+# Removes .deb files of versions no longer used from our own cache (never from apt's).
+prune_debs() {
+  local f keep p
+  for f in "$DEB_CACHE"/*.deb; do
+    [ -f "$f" ] || continue
+    keep=0
+    for p in "${!VER[@]}"; do
+      case "$(basename "$f")" in "${p}_${VER[$p]//:/%3a}_"*.deb) keep=1; break ;; esac
+    done
+    [ "$keep" = 1 ] || { log "removing unused $(basename "$f")"; rm -f "$f"; }
+  done
+}
+
 # ---------------------------------------------------------------------------------------------------------------
 main() {
   local name todo=() attempt p ok
@@ -545,6 +561,7 @@ main() {
     publish "$name" "${KEY[$name]}" "${INPUTS[$name]}"
     STATUS[$name]=built
   done
+  [ ${#todo[@]} -eq 0 ] || prune_debs
   for name in $ONLY; do
     printf '%-8s %-36s %-7s %9s bytes  %s\n' "$name" "${REF[$name]}" "${STATUS[$name]}" "$(size_of "$OUT/$name.tar")" "$OUT/$name.tar"
   done

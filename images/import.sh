@@ -77,7 +77,7 @@ for name in $ONLY; do
   index=$(member "$tarball" index.json)
   ref=$(field "$index" io.containerd.image.name)
   manifest_digest=$(sed -n 's/.*"digest":"\(sha256:[0-9a-f]*\)".*/\1/p' <<<"$index")
-  [ -n "$ref" ] && [ -n "$manifest_digest" ] || die "$tarball: no image name or manifest digest in index.json"
+  if [ -z "$ref" ] || [ -z "$manifest_digest" ]; then die "$tarball: no image name or manifest digest in index.json"; fi
   manifest=$(member "$tarball" "blobs/sha256/${manifest_digest#sha256:}")
   config_digest=$(sed -n 's/.*"config":{"digest":"\(sha256:[0-9a-f]*\)".*/\1/p' <<<"$manifest")
   config=$(member "$tarball" "blobs/sha256/${config_digest#sha256:}")

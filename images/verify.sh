@@ -11,7 +11,8 @@
 #              that host port is free); SIGQUIT stops it with exit status 0
 #   then stops containerd and removes everything it made.
 # Usage: images/verify.sh [--out DIR]   (DIR: the image directory, default /var/cache/kata-ts/images)
-# Needs root, containerd, ctr, runc, curl, unshare, nsenter. Prints "N passed, N failed" last; exit 1 on a failure.
+# Needs root, containerd, ctr, runc, busybox (or curl), unshare, nsenter, ip, ss, ps. Prints "N passed, N failed" last; exit 1 on a failure.
+# shellcheck disable=SC2016 # the single-quoted scripts are expanded by the inner shell on purpose
 set -euo pipefail
 export LC_ALL=C
 
@@ -21,14 +22,28 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --out) OUT=$2; shift 2 ;;
     --out=*) OUT=${1#*=}; shift ;;
-    -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;/shellcheck/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
     *) echo "verify.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
 [ "$(id -u)" = 0 ] || { echo "verify.sh: needs root" >&2; exit 2; }
-for t in containerd ctr runc curl unshare nsenter; do
+for t in containerd ctr runc unshare nsenter ip ss ps; do
   command -v "$t" >/dev/null || { echo "verify.sh: $t not found" >&2; exit 2; }
 done
+
+command -v curl >/dev/null || command -v busybox >/dev/null || { echo "verify.sh: neither curl nor busybox" >&2; exit 2; }
+
+# Host-side HTTP (loopback only): curl when there, else busybox wget (Debian's busybox 1.35 wget crashes with -T).
+http_get() {
+  if command -v curl >/dev/null; then curl -s --max-time 2 "$1"; else timeout 3 busybox wget -q -O - "$1"; fi
+}
+http_code() {
+  if command -v curl >/dev/null; then
+    curl -s --max-time 2 -o /dev/null -w '%{http_code}' "$1"
+  else
+    timeout 3 busybox wget -S -O /dev/null "$1" 2>&1 | awk '$1 ~ /^HTTP\// { print $2; exit }'
+  fi
+}
 
 PASS=0
 FAIL=0
@@ -194,13 +209,17 @@ check "nginx: nginx -t -c /etc/nginx/test-8088.conf passes" grep -q 'test is suc
 "${C[@]}" run -d docker.io/library/nginx:kata-ts n1 >/dev/null
 CONTAINERS+=(default/n1)
 n1pid=$("${C[@]}" task ls | awk '$1 == "n1" { print $2 }')
+# runc leaves lo down in the new network namespace (ctr grants no CAP_NET_ADMIN): bring it up from the host, then
+# fetch with the image's own busybox wget.
+nsenter -t "$n1pid" -n -- ip link set lo up || true
 body=''
-for _ in $(seq 50); do
-  body=$(nsenter -t "$n1pid" -n -- sh -c 'ip link set lo up && curl -s --max-time 2 http://127.0.0.1:80/' 2>/dev/null || true)
+for i in $(seq 30); do
+  body=$("${C[@]}" task exec --exec-id "w$i" n1 wget -q -O - http://127.0.0.1:80/ 2>/dev/null || true)
   [ -z "$body" ] || break
   sleep 0.1
 done
-check "nginx: default Cmd answers on port 80 in its netns with 'kata-ts nginx'" grep -q 'kata-ts nginx' <<<"$body"
+check "nginx: the image's Cmd answers on port 80 in its own netns with 'kata-ts nginx' (busybox wget inside)" \
+  grep -q 'kata-ts nginx' <<<"$body"
 "${C[@]}" task kill -s SIGQUIT n1 >/dev/null 2>&1 || true
 for _ in $(seq 50); do "${C[@]}" task ls | grep -q '^n1 .*STOPPED' && break; sleep 0.1; done
 check "nginx: SIGQUIT (the image's StopSignal) stops it" bash -c '"$@" task ls | grep -q "^n1 .*STOPPED"' _ "${C[@]}"
@@ -217,12 +236,12 @@ else
   CONTAINERS+=(default/n2)
   body=''
   for _ in $(seq 50); do
-    body=$(curl -s --max-time 2 http://127.0.0.1:8088/ || true)
+    body=$(http_get http://127.0.0.1:8088/ || true)
     [ -z "$body" ] || break
     sleep 0.1
   done
   check "nginx: --net-host test-8088.conf answers on 127.0.0.1:8088" grep -q 'kata-ts nginx' <<<"$body"
-  check "nginx: 404 for a missing page" test "$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:8088/nope)" = 404
+  check "nginx: 404 for a missing page" test "$(http_code http://127.0.0.1:8088/nope)" = 404
   "${C[@]}" task kill -s SIGQUIT n2 >/dev/null 2>&1 || true
   rc=0
   wait "$n2" || rc=$?

@@ -10,6 +10,7 @@ import { readCgroupStats } from './cgroup-stats.js';
 import type { Crun } from './crun.js';
 import { GuestContainer } from './guest-container.js';
 import { guestUnmount, run } from './guest-mount.js';
+import { networkHandlers } from './network.js';
 import { checkGuestPath, mountStorage } from './storage.js';
 
 const EMPTY = {};
@@ -34,6 +35,7 @@ export class AgentService {
 
   handlers(): AgentHandlers {
     return {
+      ...networkHandlers(this.log),
       Check: async () => ({ status: HealthCheckResponse_ServingStatus.SERVING }),
       Version: async () => ({ grpcVersion: AGENT_PROTOCOL_VERSION, agentVersion: AGENT_VERSION }),
 

@@ -1,6 +1,7 @@
 import { Command, CommanderError } from 'commander';
 import { KataError } from '../base/errors.js';
 import { createLogger, type LogLevel } from '../base/logger.js';
+import { registerFactoryCommand } from './commands/factory.js';
 import { runCommand } from './commands/run.js';
 
 /** Exit codes for errors, by kind (the container's own status is returned as is by `run`). */
@@ -24,6 +25,12 @@ export async function main(argv: string[]): Promise<number> {
     .action(async (id: string, o: { bundle: string; timingsFile?: string }) => {
       result = await runCommand(id, { ...o, config: program.opts().config }, log());
     });
+
+  registerFactoryCommand(program, {
+    configPath: () => program.opts().config,
+    log,
+    setResult: (code) => (result = code),
+  });
 
   try {
     await program.parseAsync(argv, { from: 'user' });

@@ -93,15 +93,28 @@ function fail(cmd: string, args: string[], err: Error, stderr: string): KataErro
   return errors.internal('KATA_NET_COMMAND', `${cmd} ${args.join(' ')}: ${stderr.trim() || err.message}`, err);
 }
 
-function exec(cmd: string, args: string[]): Promise<string> {
+function exec(cmd: string, args: string[], input?: string): Promise<string> {
   return new Promise((resolve, reject) => {
-    execFile(
+    const child = execFile(
       cmd,
       args,
       { timeout: COMMAND_TIMEOUT_MS, killSignal: 'SIGKILL', maxBuffer: 16 << 20, env: ENV },
-      (err, stdout, stderr) => (err ? reject(fail(cmd, args, err, stderr)) : resolve(stdout)),
+      (err, stdout, stderr) => (err ? reject(fail(cmd, input === undefined ? args : [...args, `<<< ${input.trim().replace(/\n/g, '; ')}`], err, stderr)) : resolve(stdout)),
     );
+    if (input !== undefined) child.stdin?.end(input);
   });
+}
+
+/** Tokens of `ip -batch` / `tc -batch` lines: the batch parser splits on blanks and reads quotes and `#`. */
+const BATCH_TOKEN_RE = /^[A-Za-z0-9_.:/+-]+$/;
+
+function batchText(commands: string[][]): string {
+  for (const c of commands) {
+    for (const t of c) {
+      if (!BATCH_TOKEN_RE.test(t)) throw errors.invalid('KATA_NET_BAD_TOKEN', `unsafe token ${JSON.stringify(t)} in a batch command`);
+    }
+  }
+  return commands.map((c) => c.join(' ')).join('\n') + '\n';
 }
 
 export function checkIfname(name: string, what = 'interface name'): string {
@@ -145,6 +158,11 @@ export class Netns {
     return exec('nsenter', [`--net=${this.path}`, '--', cmd, ...args]);
   }
 
+  /** Several commands in one process (each spawn costs tens of ms on a loaded host); stops at the first failure. */
+  private batch(cmd: 'ip' | 'tc', commands: string[][]): Promise<string> {
+    return exec('nsenter', [`--net=${this.path}`, '--', cmd, '-batch', '-'], batchText(commands));
+  }
+
   /** Whether the path still names something (a deleted netns leaves nothing to clean). */
   async exists(): Promise<boolean> {
     try {
@@ -157,6 +175,15 @@ export class Netns {
   }
 
   async links(): Promise<LinkInfo[]> {
+    return (await this.linksAndAddresses()).links;
+  }
+
+  async addresses(): Promise<AddressInfo[]> {
+    return (await this.linksAndAddresses()).addresses;
+  }
+
+  /** Links (with their rtnl kind) and their addresses, from one `ip -json -details address show`. */
+  async linksAndAddresses(): Promise<{ links: LinkInfo[]; addresses: AddressInfo[] }> {
     type Raw = {
       ifindex: number;
       ifname: string;
@@ -167,33 +194,30 @@ export class Netns {
       address?: string;
       ifalias?: string;
       linkinfo?: { info_kind?: string; info_data?: { type?: string } };
+      addr_info?: { family: string; local: string; prefixlen: number; scope: string }[];
     };
-    const raw = parseJson<Raw[]>(await this.run('ip', ['-json', '-details', 'link', 'show']), 'ip link show');
-    return raw.map((l) => ({
-      index: l.ifindex,
-      name: l.ifname,
-      kind: l.linkinfo?.info_kind ?? '',
-      linkType: l.link_type,
-      mac: (l.address ?? '').toLowerCase(),
-      mtu: l.mtu,
-      flags: l.flags ?? [],
-      parent: l.link,
-      alias: l.ifalias ?? '',
-      tunType: l.linkinfo?.info_kind === 'tun' ? l.linkinfo.info_data?.type : undefined,
-    }));
-  }
-
-  async addresses(): Promise<AddressInfo[]> {
-    type Raw = { ifname: string; addr_info?: { family: string; local: string; prefixlen: number; scope: string }[] };
-    const raw = parseJson<Raw[]>(await this.run('ip', ['-json', 'address', 'show']), 'ip address show');
-    const out: AddressInfo[] = [];
+    const raw = parseJson<Raw[]>(await this.run('ip', ['-json', '-details', 'address', 'show']), 'ip address show');
+    const links: LinkInfo[] = [];
+    const addresses: AddressInfo[] = [];
     for (const l of raw) {
+      links.push({
+        index: l.ifindex,
+        name: l.ifname,
+        kind: l.linkinfo?.info_kind ?? '',
+        linkType: l.link_type,
+        mac: (l.address ?? '').toLowerCase(),
+        mtu: l.mtu,
+        flags: l.flags ?? [],
+        parent: l.link,
+        alias: l.ifalias ?? '',
+        tunType: l.linkinfo?.info_kind === 'tun' ? l.linkinfo.info_data?.type : undefined,
+      });
       for (const a of l.addr_info ?? []) {
         if (a.family !== 'inet' && a.family !== 'inet6') continue;
-        out.push({ link: l.ifname, family: a.family, address: a.local, prefixLength: a.prefixlen, scope: a.scope });
+        addresses.push({ link: l.ifname, family: a.family, address: a.local, prefixLength: a.prefixlen, scope: a.scope });
       }
     }
-    return out;
+    return { links, addresses };
   }
 
   /** Routes of the main table, both families, with numeric protocol, scope and type. */
@@ -233,28 +257,24 @@ export class Netns {
 
   async neighbors(): Promise<NeighborInfo[]> {
     type Raw = { dst: string; dev: string; lladdr?: string; state?: string[]; router?: null | boolean };
-    const out: NeighborInfo[] = [];
-    for (const family of ['inet', 'inet6'] as const) {
-      const args = ['-json', family === 'inet' ? '-4' : '-6', 'neighbour', 'show'];
-      for (const n of parseJson<Raw[]>(await this.run('ip', args), 'ip neighbour show')) {
-        out.push({
-          family,
-          dst: n.dst,
-          dev: n.dev,
-          lladdr: n.lladdr?.toLowerCase(),
-          state: n.state ?? [],
-          router: n.router !== undefined,
-        });
-      }
-    }
-    return out;
+    const raw = parseJson<Raw[]>(await this.run('ip', ['-json', 'neighbour', 'show']), 'ip neighbour show');
+    return raw.map((n) => ({
+      family: n.dst.includes(':') ? 'inet6' : 'inet',
+      dst: n.dst,
+      dev: n.dev,
+      lladdr: n.lladdr?.toLowerCase(),
+      state: n.state ?? [],
+      router: n.router !== undefined,
+    }));
   }
 
   /** A persistent single-queue tap (QEMU opens it by name with TUNSETIFF). */
-  async addTap(name: string, mtu: number): Promise<void> {
+  async addTap(name: string, opts: { mtu: number; up: boolean }): Promise<void> {
     checkIfname(name);
-    await this.run('ip', ['tuntap', 'add', 'dev', name, 'mode', 'tap']);
-    await this.run('ip', ['link', 'set', 'dev', name, 'mtu', String(checkMtu(mtu))]);
+    await this.batch('ip', [
+      ['tuntap', 'add', 'dev', name, 'mode', 'tap'],
+      ['link', 'set', 'dev', name, 'mtu', String(checkMtu(opts.mtu)), ...(opts.up ? ['up'] : [])],
+    ]);
   }
 
   async addMacvtap(opts: { parent: string; name: string; mac: string; mtu: number }): Promise<void> {
@@ -288,26 +308,24 @@ export class Netns {
     return new Set(raw.filter((q) => q.kind === 'ingress' && q.dev).map((q) => q.dev!));
   }
 
-  async addIngressQdisc(dev: string): Promise<void> {
-    await this.run('tc', ['qdisc', 'add', 'dev', checkIfname(dev), 'ingress']);
-  }
-
   async deleteIngressQdisc(dev: string): Promise<void> {
     await this.run('tc', ['qdisc', 'del', 'dev', checkIfname(dev), 'ingress']);
   }
 
   /**
-   * The catch-all redirect: every frame entering `from` leaves through `to` (u32 `match u8 0 0`, mirred egress
-   * redirect, stolen). `cookie` marks the action as ours, so a cleanup without state can recognise it.
+   * Joins two devices both ways: an ingress qdisc on each and the catch-all redirect to the other, in one
+   * `tc -batch`. On failure some of it may exist: callers undo with deleteIngressQdisc.
    */
-  async addRedirectFilter(opts: { from: string; to: string; pref: number; cookie: string }): Promise<void> {
+  async addRedirectPair(a: string, b: string, opts: { pref: number; cookie: string }): Promise<void> {
+    checkIfname(a);
+    checkIfname(b);
     if (!Number.isInteger(opts.pref) || opts.pref < 1 || opts.pref > 0xffff) throw errors.invalid('KATA_NET_BAD_PREF', `bad tc pref ${opts.pref}`);
     if (!COOKIE_RE.test(opts.cookie)) throw errors.invalid('KATA_NET_BAD_COOKIE', `bad tc cookie ${opts.cookie}`);
-    await this.run('tc', [
-      'filter', 'add', 'dev', checkIfname(opts.from), 'parent', 'ffff:', 'protocol', 'all', 'pref', String(opts.pref),
-      'u32', 'match', 'u8', '0', '0',
-      'action', 'mirred', 'egress', 'redirect', 'dev', checkIfname(opts.to), 'cookie', opts.cookie,
-    ]);
+    const redirect = (from: string, to: string) => [
+      'filter', 'add', 'dev', from, 'parent', 'ffff:', 'protocol', 'all', 'pref', String(opts.pref),
+      'u32', 'match', 'u8', '0', '0', 'action', 'mirred', 'egress', 'redirect', 'dev', to, 'cookie', opts.cookie,
+    ];
+    await this.batch('tc', [['qdisc', 'add', 'dev', a, 'ingress'], ['qdisc', 'add', 'dev', b, 'ingress'], redirect(a, b), redirect(b, a)]);
   }
 
   async ingressFilters(dev: string): Promise<IngressFilterInfo[]> {

@@ -3,12 +3,13 @@ import { qemuFactory } from '../hypervisor/qemu/qemu.js';
 import { errors } from '../base/errors.js';
 import { createShareFs } from '../resource/sharefs/index.js';
 import type { SandboxDeps } from './sandbox.js';
-import { coldBoot } from './vm-source.js';
+import { templateVmSource } from './factory/template-vm-source.js';
 
 /** The real drivers: QEMU, virtio-fs/9p, KVM-or-TCG detection. */
 export function defaultSandboxDeps(): SandboxDeps {
   return {
-    vmSource: coldBoot(qemuFactory),
+    // Cold boot, or a template clone when [factory] enable_template is on (it decides per start, from the config).
+    vmSource: templateVmSource(qemuFactory),
     createShareFs: ({ sandboxId, vmDir, sharedRoot, config }, log) => {
       const hv = config.hypervisor;
       if (hv.sharedFs === 'none') {

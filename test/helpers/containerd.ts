@@ -79,7 +79,21 @@ export class TestContainerd {
     await exited;
   }
 
-  async stop(): Promise<void> {
+  /** Removes every task and container left in `namespaces` (a failed test must not leave VMs behind). */
+  async removeAll(namespaces: string[]): Promise<void> {
+    for (const namespace of namespaces) {
+      const tasks = await this.ctr(['task', 'ls', '-q'], { namespace });
+      for (const id of tasks.stdout.split('\n').filter(Boolean)) {
+        await this.ctr(['task', 'kill', '-a', '-s', 'SIGKILL', id], { namespace });
+        await this.ctr(['task', 'rm', '-f', id], { namespace });
+      }
+      const containers = await this.ctr(['container', 'ls', '-q'], { namespace });
+      for (const id of containers.stdout.split('\n').filter(Boolean)) await this.ctr(['container', 'rm', id], { namespace });
+    }
+  }
+
+  async stop(namespaces: string[] = []): Promise<void> {
+    if (this.proc && this.proc.exitCode === null) await this.removeAll(namespaces);
     await this.stopDaemon();
     await rm(this.dir, { recursive: true, force: true });
   }

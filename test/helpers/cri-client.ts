@@ -175,6 +175,7 @@ export class CriClient {
       return msg;
     };
     const timeoutMs = opts.timeoutMs ?? this.defaultTimeoutMs;
+    const deadline = Date.now() + timeoutMs;
     return new Promise<Res>((resolve, reject) => {
       const call = this.client.makeUnaryRequest<Req, Res>(
         `/runtime.v1.${service}/${method}`,
@@ -182,10 +183,11 @@ export class CriClient {
         deserialize,
         full,
         new Metadata(),
-        { deadline: Date.now() + timeoutMs },
+        { deadline },
         (err, res) => {
           opts.signal?.removeEventListener('abort', onAbort);
-          if (err) reject(toKataError(method, err, timeoutMs));
+          // DEADLINE_EXCEEDED is ours when the deadline has passed, else the server's (e.g. an ExecSync timeout).
+          if (err) reject(toKataError(method, err, Date.now() >= deadline ? timeoutMs : undefined));
           else if (res === undefined) reject(new KataError('Internal', 'CRI_EMPTY', `CRI ${method}: empty response`));
           else resolve(res);
         },
@@ -251,9 +253,12 @@ export class CriClient {
   }
 }
 
-function toKataError(method: string, err: ServiceError, timeoutMs: number): KataError {
+function toKataError(method: string, err: ServiceError, clientTimeoutMs: number | undefined): KataError {
   const kind = KIND_BY_STATUS[err.code] ?? 'Internal';
   const name = GrpcStatus[err.code] ?? String(err.code);
-  const detail = err.code === GrpcStatus.DEADLINE_EXCEEDED ? `no answer within ${timeoutMs} ms` : err.details || err.message;
+  const detail =
+    err.code === GrpcStatus.DEADLINE_EXCEEDED && clientTimeoutMs !== undefined
+      ? `no answer within ${clientTimeoutMs} ms`
+      : err.details || err.message;
   return new KataError(kind, `CRI_${name}`, `CRI ${method}: ${detail}`, { cause: err });
 }

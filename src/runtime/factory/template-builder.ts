@@ -1,0 +1,128 @@
+/**
+ * Builds one template (Kata's `BootToBeTemplate`): boot the VM with its RAM in a shared file on the template
+ * tmpfs, wait until the agent answers, disconnect, let the agent notice, pause, save the device state
+ * without RAM (`x-ignore-shared`), and kill QEMU. What is left is the RAM file and the state file.
+ */
+import { execFile } from 'node:child_process';
+import { mkdir, open, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { CleanupStack } from '../../base/cleanup.js';
+import { wrapError } from '../../base/errors.js';
+import { sleep } from '../../base/deadline.js';
+import type { Logger } from '../../base/logger.js';
+import { AgentClient } from '../../agent-client/agent-client.js';
+import type { HypervisorFactory, VmConfig } from '../../hypervisor/hypervisor.js';
+import type { TemplateInputs } from './template-key.js';
+import type { TemplateMeta, TemplateStore } from './template-store.js';
+
+export interface BuildTemplateOptions {
+  /** Until QEMU runs (QMP answers). */
+  bootTimeoutMs: number;
+  /** Until the agent answers once QEMU runs. */
+  dialTimeoutMs: number;
+  /**
+   * After the host disconnects: time for the guest agent to see EOF on its port and drop the connection, so
+   * that clones start with an idle agent (Kata sleeps 2 s here).
+   */
+  settleMs?: number;
+  signal?: AbortSignal;
+}
+
+const DEFAULT_SETTLE_MS = 1000;
+
+/** The template VM: the clone's config with the template's own backends, RAM in `<build>/memory` shared. */
+export function templateBuildConfig(cloneConfig: VmConfig, buildDir: string, key: string): VmConfig {
+  const vmDir = join(buildDir, 'vm');
+  return {
+    ...cloneConfig,
+    sandboxId: `template-${key.slice(0, 12)}`,
+    vmDir,
+    memoryBackend: { kind: 'file', path: join(buildDir, 'memory'), share: true },
+    agentChannel: { kind: 'virtio-serial', socketPath: join(vmDir, 'agent.sock') },
+    devices: cloneConfig.devices.map((d) => (d.kind === '9p' ? { ...d, hostPath: join(buildDir, 'share') } : d)),
+    incomingStatePath: undefined,
+    // No network devices in a template: the host netns is as good as any.
+    netnsPath: undefined,
+  };
+}
+
+/**
+ * Builds the template for `key` into a new build dir of `store` and publishes it. The caller holds the
+ * store's lock and has called `store.prepare()`.
+ */
+export async function buildTemplate(
+  store: TemplateStore,
+  key: string,
+  inputs: TemplateInputs,
+  cloneConfig: VmConfig,
+  hypervisors: HypervisorFactory,
+  opts: BuildTemplateOptions,
+  parentLog: Logger,
+): Promise<TemplateMeta> {
+  const log = parentLog.child({ subsystem: 'vm-template', key: key.slice(0, 16) });
+  const t0 = performance.now();
+  const buildDir = await store.newBuildDir();
+  const undo = new CleanupStack(log);
+  undo.push('remove build dir', () => rm(buildDir, { recursive: true, force: true }));
+  try {
+    const config = templateBuildConfig(cloneConfig, buildDir, key);
+    for (const d of config.devices) if (d.kind === '9p') await mkdir(d.hostPath, { recursive: true, mode: 0o700 });
+    // The RAM file at its full size up front (sparse): QEMU would create it too, but then a tmpfs too small
+    // for it would only show as SIGBUS in the guest later.
+    const fh = await open(join(buildDir, 'memory'), 'wx', 0o600);
+    await fh.truncate(config.memoryMiB * 1024 * 1024);
+    await fh.close();
+
+    const hv = hypervisors.create(config, log);
+    undo.push('remove template VM', () => hv.cleanup());
+    await hv.start({ timeoutMs: opts.bootTimeoutMs, signal: opts.signal });
+    const vmGone = new AbortController();
+    void hv.wait().then(() => vmGone.abort());
+    const onAbort = () => vmGone.abort();
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      const agent = await AgentClient.dial((config.agentChannel as { socketPath: string }).socketPath, {
+        dialTimeoutMs: opts.dialTimeoutMs,
+        signal: vmGone.signal,
+        log,
+      });
+      agent.close();
+    } catch (err) {
+      const tail = (await hv.consoleTail(15).catch(() => [] as string[])).join('\n');
+      throw wrapError(`template VM agent (last guest console lines:\n${tail})`, err);
+    } finally {
+      opts.signal?.removeEventListener('abort', onAbort);
+    }
+    await sleep(opts.settleMs ?? DEFAULT_SETTLE_MS, opts.signal);
+    await hv.pause();
+    await hv.saveState(join(buildDir, 'state'));
+    await hv.kill();
+    await hv.cleanup();
+    await rm(join(buildDir, 'share'), { recursive: true, force: true });
+
+    const meta = await store.publish(buildDir, {
+      key,
+      inputs,
+      memoryMiB: config.memoryMiB,
+      createdAt: new Date().toISOString(),
+      buildMs: Math.round(performance.now() - t0),
+      qemuVersion: await qemuVersion(config.hypervisorPath),
+    });
+    log.info({ buildMs: meta.buildMs, memoryMiB: meta.memoryMiB }, 'template built');
+    return meta;
+  } catch (err) {
+    await undo.run();
+    throw wrapError('build template', err);
+  }
+}
+
+/** `qemu-system-x86_64 --version`, first line (for status output). */
+async function qemuVersion(binary: string): Promise<string> {
+  try {
+    const { stdout } = await promisify(execFile)(binary, ['--version'], { timeout: 10_000 });
+    return stdout.split('\n')[0]!.trim();
+  } catch (err) {
+    return `unknown (${(err as Error).message})`;
+  }
+}

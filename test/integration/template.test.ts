@@ -1,0 +1,226 @@
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { after, before, describe, test } from 'node:test';
+import { silentLogger } from '../../src/base/logger.js';
+import type { OciSpec } from '../../src/protocol/oci-spec.js';
+import { loadConfig } from '../../src/runtime/config/load.js';
+import type { RuntimeConfig } from '../../src/runtime/config/types.js';
+import { defaultSandboxDeps } from '../../src/runtime/default-deps.js';
+import { destroyTemplates, TemplateStore, templateStatus } from '../../src/runtime/factory/index.js';
+import { defaultPaths } from '../../src/runtime/paths.js';
+import { Sandbox } from '../../src/runtime/sandbox.js';
+import { defaultSpec, makeBundle, type Bundle } from '../helpers/bundle.js';
+import { writeTestConfig } from '../helpers/config.js';
+import { leaksSince, snapshotHost, type HostSnapshot } from '../helpers/leaks.js';
+import { runCli } from '../helpers/run-cli.js';
+
+/**
+ * VM templates end to end: real QEMU (TCG), the real guest. The template lives under a temporary
+ * template_path (a tmpfs the tests mount and destroy), so a real template on the host is never touched.
+ */
+
+class Collect extends Writable {
+  text = '';
+  override _write(chunk: Buffer, _e: BufferEncoding, cb: () => void): void {
+    this.text += chunk.toString();
+    cb();
+  }
+}
+
+/** A container that shares the guest's UTS namespace, so `hostname` shows the sandbox's (guest's) hostname. */
+function guestSpec(script: string): OciSpec {
+  const spec = defaultSpec(['sh', '-c', script]);
+  delete spec.hostname;
+  spec.linux!.namespaces = spec.linux!.namespaces!.filter((n) => n.type !== 'uts');
+  return spec;
+}
+
+function sha256File(p: string): string {
+  return createHash('sha256').update(readFileSync(p)).digest('hex');
+}
+
+function mountedAt(p: string): boolean {
+  return readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .some((l) => l.split(' ')[4] === p);
+}
+
+function processesMentioning(s: string): string[] {
+  return execFileSync('ps', ['-eo', 'pid=,args='], { encoding: 'utf8' })
+    .split('\n')
+    .filter((l) => l.includes(s) && !l.includes('ps -eo'));
+}
+
+describe('VM templates (real QEMU, real guest)', () => {
+  const tmp = mkdtempSync(join(tmpdir(), 'kata-ts-template-'));
+  const templatePath = join(tmp, 'template');
+  const overrides = { enable_template: 'true', template_path: JSON.stringify(templatePath), shared_fs: '"virtio-9p"' };
+  const cfg = writeTestConfig(overrides);
+  const cfg384 = writeTestConfig({ ...overrides, default_memory: '384' });
+  let config: RuntimeConfig;
+  let config384: RuntimeConfig;
+  let snap: HostSnapshot;
+  const running = new Map<string, Sandbox>();
+  const bundles: Bundle[] = [];
+  let seq = 0;
+
+  async function start(name: string, c: RuntimeConfig = config, hostname?: string): Promise<Sandbox> {
+    const sb = await Sandbox.create(
+      { sandboxId: `tpl${process.pid}-${name}`, config: c, paths: defaultPaths(), hostname },
+      defaultSandboxDeps(),
+      silentLogger,
+    );
+    running.set(name, sb);
+    return sb;
+  }
+
+  async function stop(name: string): Promise<void> {
+    await running.get(name)?.stop();
+    running.delete(name);
+  }
+
+  /** Runs `script` in a new container of `sb`; returns its exit status and output. */
+  async function run(sb: Sandbox, script: string): Promise<{ status: number; out: string }> {
+    const spec = guestSpec(script);
+    const b = await makeBundle(spec);
+    bundles.push(b);
+    const out = new Collect();
+    const id = `c${++seq}`;
+    const c = await sb.createContainer({ containerId: id, spec, hostRootfs: b.rootfs, stdio: { stdout: out, stderr: out } });
+    await c.start();
+    const exit = await c.init.wait();
+    await sb.deleteContainer(id);
+    return { status: exit.status, out: out.text };
+  }
+
+  const memoryFile = async () => {
+    const s = await templateStatus(config, 'tcg', silentLogger);
+    const t = s.templates.find((x) => x.meta?.key === s.currentKey);
+    assert.ok(t, `a template for the current config in ${JSON.stringify(s.templates.map((x) => x.dir))}`);
+    return join(t.dir, 'memory');
+  };
+
+  before(async () => {
+    snap = snapshotHost();
+    config = await loadConfig(cfg.path);
+    config384 = await loadConfig(cfg384.path);
+  });
+
+  after(async () => {
+    for (const name of [...running.keys()]) await stop(name).catch(() => undefined);
+    await destroyTemplates(config, {}, silentLogger);
+    // The builders' lock file of this temporary template path (kept by design for real paths).
+    rmSync(new TemplateStore(templatePath, silentLogger).lockPath, { force: true });
+    for (const b of bundles) await b.remove();
+    cfg.remove();
+    cfg384.remove();
+    assert.equal(mountedAt(templatePath), false, 'template tmpfs unmounted');
+    rmSync(tmp, { recursive: true, force: true });
+    assert.deepEqual(processesMentioning(templatePath), [], 'no template QEMU left');
+    assert.deepEqual(await leaksSince(snap), { processes: [], mounts: [], entries: [] });
+  });
+
+  test('factory init builds a sealed template on a tmpfs; status says it matches; init again is a no-op', async () => {
+    const init = await runCli(['--config', cfg.path, 'factory', 'init']);
+    assert.equal(init.code, 0, init.stderr);
+    assert.match(init.stdout, /template built in \d+ ms/);
+    assert.ok(mountedAt(templatePath), 'tmpfs mounted at template_path');
+    const status = await runCli(['--config', cfg.path, 'factory', 'status']);
+    assert.equal(status.code, 0, status.stderr);
+    assert.match(status.stdout, /tmpfs mounted/);
+    assert.match(status.stdout, /matches the current configuration/);
+    assert.match(status.stdout, /guest memory 512 MiB/);
+    const mem = await memoryFile();
+    assert.equal(statSync(mem).mode & 0o777, 0o444);
+    const again = await runCli(['--config', cfg.path, 'factory', 'init']);
+    assert.equal(again.code, 0, again.stderr);
+    assert.match(again.stdout, /already up to date/);
+  });
+
+  test('two clones at once: their own RNG, hostname and memory; the template file never changes', async () => {
+    const mem = await memoryFile();
+    const hashBefore = sha256File(mem);
+    const mtimeBefore = statSync(mem).mtimeMs;
+    const [a, b] = await Promise.all([start('a', config, 'clone-a'), start('b', config, 'clone-b')]);
+    assert.equal(a.timings.vmOrigin, 'template');
+    assert.equal(b.timings.vmOrigin, 'template');
+    const probe = 'cat /proc/sys/kernel/random/uuid; head -c16 /dev/urandom | od -x | head -n 1; hostname';
+    const [ra, rb] = await Promise.all([run(a, probe), run(b, probe)]);
+    assert.equal(ra.status, 0, ra.out);
+    assert.equal(rb.status, 0, rb.out);
+    const [uuidA, rndA, hostA] = ra.out.trim().split('\n');
+    const [uuidB, rndB, hostB] = rb.out.trim().split('\n');
+    assert.match(uuidA!, /^[0-9a-f-]{36}$/);
+    assert.notEqual(uuidA, uuidB, 'clones must not share RNG state (uuid)');
+    assert.notEqual(rndA, rndB, 'clones must not share RNG state (/dev/urandom)');
+    assert.equal(hostA, 'clone-a');
+    assert.equal(hostB, 'clone-b');
+
+    // A writes 32 MiB into its guest RAM (a tmpfs in the guest): copy-on-write pages of its own.
+    const w = await run(a, 'dd if=/dev/zero bs=1M count=32 2>/dev/null | tr "\\000" "A" > /dev/marker && echo written-by-a >> /dev/marker && tail -c 13 /dev/marker');
+    assert.equal(w.status, 0, w.out);
+    assert.equal(w.out.trim(), 'written-by-a');
+    const seen = await run(b, 'grep -rl written-by-a /dev /tmp /run 2>/dev/null; echo done');
+    assert.equal(seen.out.trim(), 'done', 'B never sees what A wrote');
+    assert.equal(sha256File(mem), hashBefore, 'the template memory file is never written by clones');
+    assert.equal(statSync(mem).mtimeMs, mtimeBefore);
+  });
+
+  test('destroying the template while clones run does not break them; the next start rebuilds it', async () => {
+    const a = running.get('a')!;
+    const b = running.get('b')!;
+    const r = await destroyTemplates(config, {}, silentLogger);
+    assert.equal(r.removed.length, 1);
+    assert.equal(r.detached, true, 'the busy tmpfs is detached, not pulled from under the clones');
+    assert.equal(mountedAt(templatePath), false);
+    for (const sb of [a, b]) {
+      const alive = await run(sb, 'echo alive; cat /proc/sys/kernel/random/uuid >/dev/null');
+      assert.deepEqual(alive, { status: 0, out: 'alive\n' });
+    }
+    await stop('a');
+    await stop('b');
+    const c = await start('c');
+    assert.equal(c.timings.vmOrigin, 'template');
+    assert.deepEqual(await run(c, 'echo rebuilt'), { status: 0, out: 'rebuilt\n' });
+    assert.ok((await templateStatus(config, 'tcg', silentLogger)).matches);
+  });
+
+  test('a template built for another memory size is never used: the other config rebuilds', async () => {
+    const before384 = await templateStatus(config384, 'tcg', silentLogger);
+    assert.equal(before384.matches, false);
+    assert.ok(Object.values(before384.differences).flat().some((d) => d.includes('512M')), JSON.stringify(before384.differences));
+    const d = await start('d', config384);
+    assert.equal(d.timings.vmOrigin, 'template');
+    const mem = await run(d, 'head -n 1 /proc/meminfo');
+    const kb = Number(/MemTotal:\s+(\d+) kB/.exec(mem.out)?.[1]);
+    assert.ok(kb > 300 * 1024 && kb <= 384 * 1024, `MemTotal ${kb} kB for a 384 MiB clone`);
+    const s = await templateStatus(config384, 'tcg', silentLogger);
+    assert.ok(s.matches);
+    assert.deepEqual(
+      s.templates.map((t) => t.meta?.memoryMiB),
+      [384],
+      'one template per path: the 512 MiB one was replaced',
+    );
+    await stop('c');
+    await stop('d');
+  });
+
+  test('5 sandboxes started at once from nothing all succeed (one builds, the others wait and clone)', async () => {
+    await destroyTemplates(config, {}, silentLogger);
+    const names = ['p1', 'p2', 'p3', 'p4', 'p5'];
+    const results = await Promise.allSettled(names.map((n) => start(n)));
+    const failures = results.filter((r) => r.status === 'rejected').map((r) => String((r as PromiseRejectedResult).reason));
+    assert.deepEqual(failures, []);
+    const origins = names.map((n) => running.get(n)!.timings.vmOrigin);
+    assert.ok(origins.filter((o) => o === 'template').length >= 4, `origins ${origins.join(', ')}`);
+    for (const n of names) assert.deepEqual(await run(running.get(n)!, 'echo ok'), { status: 0, out: 'ok\n' });
+    const builds = readdirSync(templatePath).filter((e) => e.startsWith('tpl-'));
+    assert.equal(builds.length, 1);
+    for (const n of names) await stop(n);
+  });
+});
