@@ -4,3 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 node dist/bench/sandbox-bench.js
+node dist/bench/shim-bench.js

@@ -34,9 +34,13 @@ log "building"
 npm run --silent build
 
 log "building the guest image (cached by content hash)"
-guest/build.sh --agent "$repo/dist/agent/agent.js" --out /usr/share/kata-containers
+guest/build.sh --agent "$repo/dist/agent/agent.js" --out /usr/share/kata-containers >/dev/null
+
+log "building the local OCI test images (cached by content hash)"
+images/build.sh >/dev/null
 
 install -d /usr/share/defaults/kata-containers
 install -m 0644 config/configuration-qemu.toml /usr/share/defaults/kata-containers/configuration.toml
 ln -sf "$repo/bin/kata-runtime" /usr/local/bin/kata-runtime
-log "ready: kata-runtime is $(command -v kata-runtime)"
+ln -sf "$repo/bin/containerd-shim-kata-v2" /usr/local/bin/containerd-shim-kata-v2
+log "ready: $(command -v kata-runtime), $(command -v containerd-shim-kata-v2)"

@@ -120,8 +120,6 @@ let envCounter = 0;
 
 export class CriEnv {
   readonly client: CriClient;
-  /** Pods run through `runPod` that have not been removed yet. */
-  private readonly pods = new Set<CriPod>();
   /** netns paths seen on this env's sandboxes: removed by `stop()` if containerd left them behind. */
   private readonly netnsPaths = new Set<string>();
   private stopped = false;
@@ -248,15 +246,9 @@ export class CriEnv {
       { timeoutMs: opts.timeoutMs ?? (handler ? 180_000 : 60_000) },
     );
     const pod = new CriPod(this, res.podSandboxId, config, handler);
-    this.pods.add(pod);
     const ns = await pod.netnsPath().catch(() => undefined);
     if (ns) this.netnsPaths.add(ns);
     return pod;
-  }
-
-  /** @internal */
-  forget(pod: CriPod): void {
-    this.pods.delete(pod);
   }
 
   /**
@@ -320,30 +312,34 @@ export class CriEnv {
   }
 
   /**
+   * StopPodSandbox + RemovePodSandbox of every sandbox CRI knows (their containers go with them), as a kubelet
+   * does for pods it no longer wants. For test cleanup between cases; returns what failed instead of throwing.
+   */
+  async removeAllPods(): Promise<string[]> {
+    const errors: string[] = [];
+    const list = await this.client.listPodSandbox({}, { timeoutMs: 10_000 });
+    for (const p of list.items) {
+      try {
+        const st = await this.client.podSandboxStatus({ podSandboxId: p.id, verbose: true }, { timeoutMs: 10_000 });
+        const ns = netnsFromInfo(st.info);
+        if (ns) this.netnsPaths.add(ns);
+        await this.client.stopPodSandbox({ podSandboxId: p.id }, { timeoutMs: 60_000 });
+        await this.client.removePodSandbox({ podSandboxId: p.id }, { timeoutMs: 60_000 });
+      } catch (err) {
+        errors.push(`pod ${p.id}: ${(err as Error).message}`);
+      }
+    }
+    return errors;
+  }
+
+  /**
    * Removes everything: pods still known to CRI (stop + remove), then containerd and its dirs, leftover shims of
    * this containerd, pod netns, mounts, the bridge, CNI state and the cgroup parent. Safe to call twice.
    */
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
-    const errors: string[] = [];
-    try {
-      const list = await this.client.listPodSandbox({}, { timeoutMs: 10_000 });
-      for (const p of list.items) {
-        try {
-          const st = await this.client.podSandboxStatus({ podSandboxId: p.id, verbose: true }, { timeoutMs: 10_000 });
-          const ns = netnsFromInfo(st.info);
-          if (ns) this.netnsPaths.add(ns);
-          await this.client.stopPodSandbox({ podSandboxId: p.id }, { timeoutMs: 60_000 });
-          await this.client.removePodSandbox({ podSandboxId: p.id }, { timeoutMs: 60_000 });
-        } catch (err) {
-          errors.push(`pod ${p.id}: ${(err as Error).message}`);
-        }
-      }
-    } catch (err) {
-      errors.push(`list pods: ${(err as Error).message}`);
-    }
-    this.pods.clear();
+    const errors = await this.removeAllPods().catch((err: Error) => [`remove pods: ${err.message}`]);
     this.client.close();
     await this.containerd.stopDaemon();
     // Shims outlive containerd on purpose; these ones belong to this env and nothing else.
@@ -474,7 +470,6 @@ export class CriPod {
   async remove(): Promise<void> {
     await this.client.stopPodSandbox({ podSandboxId: this.id }, { timeoutMs: 60_000 });
     await this.client.removePodSandbox({ podSandboxId: this.id }, { timeoutMs: 60_000 });
-    this.env.forget(this);
   }
 }
 

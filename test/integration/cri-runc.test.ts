@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { request } from 'node:http';
-import { after, before, describe, test } from 'node:test';
+import { after, afterEach, before, describe, test } from 'node:test';
 import { status as GrpcStatus } from '@grpc/grpc-js';
 import * as cri from '../../src/protocol/gen/cri/api.js';
 import { criMessage, criStatusCode } from '../helpers/cri-client.js';
@@ -64,6 +64,11 @@ describe('CRI client against containerd 1.6 + runc', { skip }, () => {
   before(async () => {
     env = await CriEnv.start({ images: ['busybox'] });
     baseline = await env.hostSnapshot();
+  });
+
+  // A failed case must not leave its pod to the next one.
+  afterEach(async () => {
+    assert.deepEqual(await env.removeAllPods(), []);
   });
 
   after(async () => {
@@ -242,11 +247,14 @@ describe('CRI client against containerd 1.6 + runc', { skip }, () => {
     assert.equal(limit.stdout.toString().trim(), String(96 << 20));
 
     // A second container that exits on its own: EXITED with its code and finish time.
-    const job = await pod.runContainer({ name: 'job', command: ['sh', '-c', 'echo done; exit 3'] });
+    // It lives a second: containerd takes started_at after the shim's Start returns and finished_at from the
+    // shim's exit time, so a process that exits at once can show finished_at < started_at.
+    const job = await pod.runContainer({ name: 'job', command: ['sh', '-c', 'echo done; sleep 1; exit 3'] });
     const done = await pod.waitContainerState(job, cri.ContainerState.CONTAINER_EXITED);
     assert.equal(done.exitCode, 3);
     assert.equal(done.reason, 'Error');
-    assert.ok(done.finishedAt >= done.startedAt && done.startedAt > 0);
+    const ranMs = (done.finishedAt - done.startedAt) / 1e6;
+    assert.ok(done.startedAt > 0 && ranMs > 900 && ranMs < 10_000, `started ${done.startedAt} finished ${done.finishedAt}`);
 
     // StopContainer (SIGTERM, then SIGKILL after the timeout) and RemoveContainer.
     await env.client.stopContainer({ containerId: web, timeout: 2 });

@@ -296,6 +296,19 @@ describe('pod network: tcfilter, end to end', () => {
     assert.equal(again.Routes.filter((r) => r.device === 'eth0' && r.gateway !== '').length, 2);
   });
 
+  test('the NIC is found by MAC and renamed; configuring it again puts everything back', async () => {
+    const renamed = await sandbox!.agent.call('UpdateInterface', { interface: { ...res.interfaces[0]!, name: 'pod0', device: 'pod0', mtu: 1400 } });
+    assert.equal(renamed.name, 'pod0');
+    assert.equal(renamed.mtu, 1400);
+    assert.deepEqual(renamed.IPAddresses.filter((a) => a.family === 0).map((a) => `${a.address}/${a.mask}`), [`${ns.podIp}/24`]);
+    await configureGuest(sandbox!, res);
+    const ifs = (await sandbox!.agent.call('ListInterfaces', {})).Interfaces;
+    assert.deepEqual(ifs.map((i) => i.name).sort(), ['eth0', 'lo']);
+    assert.equal(ifs.find((i) => i.name === 'eth0')!.mtu, res.interfaces[0]!.mtu);
+    const routes = (await sandbox!.agent.call('ListRoutes', {})).Routes.map((r) => `${r.dest || 'default'} ${r.gateway} ${r.device}`);
+    assert.ok(routes.includes(`default ${ns.gateway} eth0`), routes.join('\n'));
+  });
+
   test('hostile input from the host is refused before it reaches a command line', async () => {
     const base = res.interfaces[0]!;
     const bad: [string, () => Promise<unknown>][] = [
@@ -375,6 +388,38 @@ describe('pod network: failures and cleanup (no VM)', () => {
       }
     } finally {
       ns.remove();
+    }
+  });
+
+  test('two veths get two taps; when the second cannot attach, the first is undone too', async () => {
+    const ns = makeTestNetns('t', process.pid + 19);
+    const second = `kti${process.pid}`.slice(0, 15);
+    try {
+      ip('link', 'add', second, 'type', 'veth', 'peer', 'name', 'eth1', 'netns', ns.name);
+      ip('-n', ns.name, 'link', 'set', 'eth1', 'up');
+      const ok = createPodNetwork(ns.path, 'tcfilter', silentLogger);
+      const r = await ok.prepare();
+      assert.deepEqual(r.devices.map((d) => (d.kind === 'net-tap' ? `${d.id} ${d.ifname}` : d.kind)), ['network-0 tap0_kata', 'network-1 tap1_kata']);
+      assert.deepEqual(r.interfaces.map((i) => i.name), ['eth0', 'eth1']);
+      await ok.cleanup();
+
+      // Someone else's ingress qdisc on eth1: kata-ts must neither redirect around it nor remove it.
+      tc('-n', ns.name, 'qdisc', 'add', 'dev', 'eth1', 'ingress');
+      const before = netnsState(ns);
+      await assert.rejects(createPodNetwork(ns.path, 'tcfilter', silentLogger).prepare(), (err: unknown) => {
+        assert.ok(isKind(err, 'FailedPrecondition'), String(err));
+        assert.match((err as Error).message, /eth1 already has an ingress qdisc/);
+        return true;
+      });
+      assert.deepEqual(netnsState(ns), before);
+      assert.deepEqual(before.ingress, ['eth1']);
+    } finally {
+      ns.remove();
+      try {
+        ip('link', 'delete', second);
+      } catch {
+        // went with the netns
+      }
     }
   });
 
