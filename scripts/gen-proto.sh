@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v protoc >/dev/null || { echo "protoc missing: apt-get install protobuf-compiler" >&2; exit 1; }
-out=src/protocol/gen
+out=$PWD/src/protocol/gen
 dest=$out
 if [ "${1:-}" = "--check" ]; then dest=$(mktemp -d); trap 'rm -rf "$dest"' EXIT; fi
 rm -rf "${dest:?}"/* 2>/dev/null || true
@@ -12,7 +12,7 @@ mkdir -p "$dest"
 protos=$(cd src/protocol/proto && find . -name '*.proto' | sed 's|^\./||' | sort)
 (cd src/protocol/proto && protoc \
   --plugin=protoc-gen-ts_proto="$OLDPWD/node_modules/.bin/protoc-gen-ts_proto" \
-  --ts_proto_out="$OLDPWD/$dest" \
+  --ts_proto_out="$dest" \
   --ts_proto_opt=esModuleInterop=true,importSuffix=.js,outputServices=false,forceLong=number,useOptionals=messages,oneof=unions,env=node,outputJsonMethods=false,outputPartialMethods=false,unrecognizedEnum=false,useDate=false,outputTypeRegistry=false,exportCommonSymbols=false \
   -I . $protos)
 if [ "${1:-}" = "--check" ]; then

@@ -11,6 +11,7 @@ import type { Crun } from './crun.js';
 import { GuestContainer } from './guest-container.js';
 import { guestUnmount, run } from './guest-mount.js';
 import { networkHandlers } from './network.js';
+import { OomWatcher } from './oom-watcher.js';
 import { checkGuestPath, mountStorage } from './storage.js';
 
 const EMPTY = {};
@@ -21,11 +22,14 @@ export class AgentService {
   private sandboxId?: string;
   private readonly containers = new Map<string, GuestContainer>();
   private readonly sandboxMounts: string[] = [];
+  private readonly oom: OomWatcher;
 
   constructor(
     private readonly crun: Crun,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.oom = new OomWatcher(log);
+  }
 
   private container(id: string): GuestContainer {
     const c = this.containers.get(id);
@@ -57,7 +61,10 @@ export class AgentService {
       },
 
       DestroySandbox: async () => {
-        for (const c of [...this.containers.values()]) await c.remove(5_000);
+        for (const c of [...this.containers.values()]) {
+          this.oom.unwatch(c.id);
+          await c.remove(5_000);
+        }
         this.containers.clear();
         for (const m of this.sandboxMounts.reverse()) await guestUnmount(m);
         this.sandboxMounts.length = 0;
@@ -76,12 +83,21 @@ export class AgentService {
       },
 
       StartContainer: async (req) => {
-        await this.container(req.containerId).start();
+        const c = this.container(req.containerId);
+        await c.start();
+        await this.oom.watchContainer(c.id);
         return EMPTY;
+      },
+
+      GetOOMEvent: async (_req, ctx) => {
+        const containerId = await this.oom.next(ctx.signal);
+        if (containerId === undefined) throw errors.cancelled('KATA_CANCELLED', 'GetOOMEvent: connection closed');
+        return { containerId };
       },
 
       RemoveContainer: async (req) => {
         const c = this.container(req.containerId);
+        this.oom.unwatch(c.id);
         await c.remove(req.timeout > 0 ? req.timeout * 1000 : 10_000);
         this.containers.delete(c.id);
         return EMPTY;

@@ -53,8 +53,10 @@ function checkFamily(f: number): IPFamily {
 }
 
 function checkIp(address: string, family: IPFamily, what: string): string {
+  if (typeof address !== 'string') bad(what, address);
+  // No zone ids (fe80::1%eth0): a name inside an address is not worth the parsing risk.
   const ok = family === IPFamily.v4 ? isIPv4(address) : isIPv6(address) && !address.includes('%');
-  if (typeof address !== 'string' || !ok) bad(what, address);
+  if (!ok) bad(what, address);
   return address;
 }
 
@@ -249,8 +251,8 @@ function serialized(): <T>(f: () => Promise<T>) => Promise<T> {
 export function networkHandlers(log: Logger): NetworkHandlers {
   const nlog = log.child({ subsystem: 'network' });
   const serial = serialized();
-  /** Names this agent gave to NICs; a later UpdateInterface may not take them from each other. */
-  const configured = new Set<string>();
+  /** MAC -> the name this agent gave that NIC: a later UpdateInterface may not take it away. */
+  const configured = new Map<string, string>();
 
   async function waitForNic(mac: string): Promise<string> {
     const deadline = Date.now() + NIC_WAIT_MS;
@@ -265,7 +267,8 @@ export function networkHandlers(log: Logger): NetworkHandlers {
   async function rename(current: string, wanted: string): Promise<void> {
     if (await linkExists(wanted)) {
       const flags = parseInt(await sysAttr(wanted, 'flags').catch(() => '0'), 16) || 0;
-      if (configured.has(wanted) || flags & IFF_LOOPBACK) {
+      const holder = (await sysAttr(wanted, 'address').catch(() => '')).toLowerCase();
+      if (configured.get(holder) === wanted || flags & IFF_LOOPBACK) {
         throw errors.alreadyExists('KATA_NET_NAME_TAKEN', `interface name ${wanted} is already used in the guest`);
       }
       // Another NIC holds the name the kernel gave it (eth0, eth1 ...): move it aside; it gets its own later.
@@ -294,7 +297,7 @@ export function networkHandlers(log: Logger): NetworkHandlers {
     await run('ip', ['link', 'set', 'dev', 'lo', 'up']).catch((err: unknown) => nlog.warn({ err }, 'bringing up lo failed'));
 
     if (current !== name) await rename(current, name);
-    configured.add(name);
+    if (mac) configured.set(mac, name);
     await run('ip', ['addr', 'flush', 'dev', name]);
     for (const a of addrs) {
       const v4 = !a.includes(':');

@@ -21,3 +21,8 @@ export function createLogger(opts: { name: string; level?: LogLevel; fd?: number
 }
 
 export const silentLogger: Logger = pino({ level: 'silent' });
+
+/** Raises (or lowers) a logger's level after the fact, e.g. when the configuration asks for debug logs. */
+export function setLogLevel(log: Logger, level: LogLevel): void {
+  if ('level' in log) (log as { level: string }).level = level;
+}

@@ -7,6 +7,7 @@ import type { Logger } from '../base/logger.js';
 import { AgentClient } from '../agent-client/agent-client.js';
 import { randomBytes } from 'node:crypto';
 import type { Hypervisor, VmConfig, VmDevice } from '../hypervisor/hypervisor.js';
+import { createPodNetwork, type PodNetworkResult } from '../resource/network/pod-network.js';
 import type { ShareFs } from '../resource/sharefs/share-fs.js';
 import type { RuntimeConfig } from './config/types.js';
 import { Container, type CreateContainerOptions } from './container.js';
@@ -29,6 +30,8 @@ export interface SandboxOptions {
   paths: RuntimePaths;
   hostname?: string;
   dns?: string[];
+  /** The pod's network namespace (made by CNI); its interfaces are wired to the VM. */
+  netnsPath?: string;
   signal?: AbortSignal;
 }
 
@@ -94,9 +97,19 @@ export class Sandbox {
       const shareFs = deps.createShareFs({ sandboxId, vmDir: dir, sharedRoot: opts.paths.sharedRoot, config }, log);
       cleanup.push('clean up shared filesystem', () => shareFs.cleanup());
       devices.push(await shareFs.prepare({ signal: opts.signal }));
+      let net: PodNetworkResult | undefined;
+      if (opts.netnsPath && config.runtime.internetworkingModel !== 'none') {
+        const podNet = createPodNetwork(opts.netnsPath, config.runtime.internetworkingModel, log);
+        cleanup.push('remove pod network wiring', () => podNet.cleanup());
+        net = await podNet.prepare({ signal: opts.signal });
+        if (net.fdDevices.length > 0) {
+          throw errors.notImplemented('KATA_NET_FD_PASSING', 'macvtap needs tap fd passing, which the QEMU driver does not do yet');
+        }
+        devices.push(...net.devices);
+      }
 
       // 2. The VM: booted cold or cloned from a template; either way it runs when this returns.
-      const vmConfig = await buildVmConfig(sandboxId, dir, config, devices, deps, log);
+      const vmConfig = { ...(await buildVmConfig(sandboxId, dir, config, devices, deps, log)), netnsPath: net ? opts.netnsPath : undefined };
       const started = await deps.vmSource.start(
         vmConfig,
         config,
@@ -152,6 +165,11 @@ export class Sandbox {
       await agent.call('SetGuestDateTime', { Sec: Math.floor(now / 1000), Usec: (now % 1000) * 1000 }).catch((err) =>
         log.warn({ err }, 'setting guest clock failed'),
       );
+      if (net) {
+        for (const i of net.interfaces) await agent.call('UpdateInterface', { interface: i });
+        await agent.call('UpdateRoutes', { routes: { Routes: net.routes } });
+        if (net.neighbors.length > 0) await agent.call('AddARPNeighbors', { neighbors: { ARPNeighbors: net.neighbors } });
+      }
       await agent.call('CreateSandbox', {
         hostname: opts.hostname ?? '',
         dns: opts.dns ?? [],

@@ -3,7 +3,7 @@ import { join, resolve } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { errors } from '../base/errors.js';
 import { checkId } from '../base/ids.js';
-import type { Logger } from '../base/logger.js';
+import { setLogLevel, type Logger } from '../base/logger.js';
 import { Any } from '../protocol/gen/google/protobuf/any.js';
 import { Empty } from '../protocol/gen/google/protobuf/empty.js';
 import { Options as RuntimeOptionsMsg } from '../protocol/gen/containerd/runtimeoptions.js';
@@ -257,12 +257,14 @@ export class TaskService {
       );
       if (identity.type !== 'pod_container') {
         const config = applyAnnotations(await loadConfig(findConfigFile({ explicitPath: configPathOf(r.options), env: process.env })), spec.annotations ?? {});
+        if (config.runtime.enableDebug || config.hypervisor.enableDebug || config.agent.enableDebug) setLogLevel(this.log, 'debug');
         createdSandbox = await Sandbox.create(
           { sandboxId: identity.sandboxId, config, paths: this.paths, hostname: spec.hostname },
           defaultSandboxDeps(),
           this.log,
         );
         this.sandbox = createdSandbox;
+        this.forwardOomEvents(createdSandbox);
       }
       if (r.terminal && spec.process) spec.process.terminal = true;
       const hostStdio = await init.openStdio();
@@ -311,6 +313,22 @@ export class TaskService {
     await this.events.publish('TaskExecStarted', { containerId: task.id, execId: r.execId, pid });
     this.publishExit(task.id, r.execId, p);
     return { pid };
+  }
+
+  /** Kata's OOM loop: a GetOOMEvent long poll per event, each published as TaskOOM, until the VM is gone. */
+  private forwardOomEvents(sandbox: Sandbox): void {
+    const loop = async () => {
+      while (!sandbox.vmIsGone && this.sandbox === sandbox) {
+        try {
+          const { containerId } = await sandbox.agent.call('GetOOMEvent', {});
+          await this.events.publish('TaskOOM', { containerId });
+        } catch (err) {
+          this.log.debug({ err }, 'OOM event loop ended');
+          return;
+        }
+      }
+    };
+    void loop();
   }
 
   private publishExit(containerId: string, id: string, p: Process): void {

@@ -110,7 +110,7 @@ export interface CriHostSnapshot {
   veths: string[];
   /** containerd shims serving this env's containerd. */
   shims: string[];
-  /** Mount points under this env's dirs or /var/run/netns. */
+  /** Mount points under this env's containerd dir, and the netns mounts of its sandboxes. */
   mounts: string[];
   /** CNI result cache entries and IPAM allocations of this env's network. */
   cniState: string[];

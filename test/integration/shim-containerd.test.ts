@@ -186,6 +186,47 @@ describe('containerd shim v2 with containerd 1.6 and ctr', () => {
     await until('VM gone', () => sandboxProcesses(id).length === 0 || undefined);
   });
 
+  test('events reach containerd in order; pause, resume, ps, metrics, update and OOM work', async () => {
+    const events = spawn('ctr', ['--address', ctd.address, 'events'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    let log = '';
+    events.stdout.on('data', (d) => (log += d));
+    try {
+      await new Promise((r) => setTimeout(r, 300));
+      const id = 'k-events';
+      const r = await ctr(['run', '--rm', ...RUNTIME, BUSYBOX, id, 'true']);
+      assert.equal(r.code, 0, r.stderr);
+
+      const d = 'k-ops';
+      assert.equal((await ctr(['run', '-d', ...RUNTIME, '--memory-limit', String(64 << 20), BUSYBOX, d, 'sleep', '1000'])).code, 0);
+      assert.equal((await ctr(['task', 'pause', d])).code, 0);
+      assert.equal((await taskStatus(d))?.[2], 'PAUSED');
+      assert.equal((await ctr(['task', 'resume', d])).code, 0);
+      assert.equal((await taskStatus(d))?.[2], 'RUNNING');
+      const ps = await ctr(['task', 'ps', d]);
+      assert.match(ps.stdout, new RegExp(`\\b${(await taskStatus(d))![1]}\\b`), 'ps lists the VM pid');
+      const metrics = await ctr(['task', 'metrics', d]);
+      assert.equal(metrics.code, 0, metrics.stderr);
+      assert.match(metrics.stdout, /memory\.usage_in_bytes\s+[1-9]/);
+      assert.equal((await ctr(['task', 'update', '--memory-limit', String(48 << 20), d])).code, 0);
+      const limit = await ctr(['task', 'exec', '--exec-id', 'lim', d, 'sh', '-c',
+        'cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/memory.max']);
+      assert.equal(limit.stdout.trim(), String(48 << 20));
+      // Allocate past the limit: the guest kernel OOM-kills it, the shim publishes TaskOOM.
+      await ctr(['task', 'exec', '--exec-id', 'hog', d, 'sh', '-c', 'x=$(head -c 100000000 /dev/zero | tr "\\0" a); echo ${#x}']);
+      await until('TaskOOM event', () => log.split('\n').some((l) => l.includes('/tasks/oom') && l.includes(d)) || undefined, 20_000);
+      await removeTask(d);
+
+      const topics = log
+        .split('\n')
+        .filter((l) => l.includes(`"${id}"`) || l.includes(`container_id":"${id}`))
+        .map((l) => /\/tasks\/[a-z-]+/.exec(l)?.[0])
+        .filter((t): t is string => t !== undefined);
+      assert.deepEqual(topics, ['/tasks/create', '/tasks/start', '/tasks/exit', '/tasks/delete']);
+    } finally {
+      events.kill();
+    }
+  });
+
   test('bad input gives a clear error to ctr and leaves nothing', async () => {
     const weird = await ctr(['run', '--rm', ...RUNTIME, '--annotation', 'io.kubernetes.cri.container-type=weird', BUSYBOX, 'k-bad1', 'true']);
     assert.notEqual(weird.code, 0);
