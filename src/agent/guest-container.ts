@@ -74,9 +74,10 @@ export class GuestContainer {
     while (Date.now() < deadline) {
       if (await this.readPid(this.id).then(() => true, () => false)) return;
       if (init.processState === 'exited') {
-        // crun failed before the container existed (its message is on the process's stderr), or the
-        // container already ran to completion: either way the exit status tells.
-        return;
+        // No pid file and crun is gone: crun failed before the container existed. Its message is on stderr.
+        if (await this.readPid(this.id).then(() => true, () => false)) return;
+        const why = init.stderr.peek(2000).trim() || init.stdout.peek(2000).trim();
+        throw errors.precondition('KATA_CRUN_RUN', `container ${this.id} failed to start: ${why || `crun exited ${init.exitStatus}`}`);
       }
       await new Promise((r) => setTimeout(r, delay));
       delay = Math.min(delay * 2, 50);

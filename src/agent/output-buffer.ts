@@ -37,6 +37,11 @@ export class OutputBuffer {
     this.wake();
   }
 
+  /** What is buffered now, without consuming it (for error messages). */
+  peek(maxBytes: number): string {
+    return Buffer.concat(this.chunks).subarray(0, maxBytes).toString('utf8');
+  }
+
   get isEnded(): boolean {
     return this.ended && this.bytes === 0;
   }

@@ -8,6 +8,9 @@ import { Process } from './process.js';
 import type { HostStdio } from './process-io.js';
 import { CONTAINER_TRANSITIONS, StateMachine, type ContainerState } from './state-machine.js';
 
+/** The sandbox's /dev/shm in the guest (an ephemeral tmpfs the agent mounts at CreateSandbox). */
+export const GUEST_SANDBOX_SHM = '/run/kata-containers/sandbox/shm';
+
 /** Mount sources the guest provides itself; never shared from the host. */
 const GUEST_PROVIDED = new Set(['proc', 'sysfs', 'devpts', 'mqueue', 'tmpfs', 'cgroup', 'cgroup2', 'devtmpfs', 'shm']);
 
@@ -62,7 +65,12 @@ export class Container {
       const mounts = [];
       for (const m of opts.spec.mounts ?? []) {
         const isBind = m.type === 'bind' || (m.options ?? []).some((o) => o === 'bind' || o === 'rbind');
-        if (!isBind || !m.source || GUEST_PROVIDED.has(m.source) || m.destination === '/dev/shm') {
+        if (isBind && m.destination === '/dev/shm') {
+          // Never shared from the host (Kata): the pod's shm is a tmpfs in the guest, one per sandbox.
+          mounts.push({ destination: '/dev/shm', type: 'bind', source: GUEST_SANDBOX_SHM, options: ['rbind', 'rw'] });
+          continue;
+        }
+        if (!isBind || !m.source || GUEST_PROVIDED.has(m.source)) {
           mounts.push(m);
           continue;
         }

@@ -7,6 +7,11 @@ export interface HostStdio {
   stdin?: Readable;
   stdout?: Writable;
   stderr?: Writable;
+  /**
+   * End stdout/stderr when the process's output reaches EOF. containerd needs this: it waits for EOF on its
+   * fifos before it finishes an exec, and the shim is their last writer.
+   */
+  endOnEof?: boolean;
 }
 
 const READ_CHUNK = 32 * 1024;
@@ -64,7 +69,10 @@ export class ProcessIo {
         if (!this.stopped) this.log.debug({ err, method, ...ids }, 'output copy ended');
         return;
       }
-      if (data.length === 0) return;
+      if (data.length === 0) {
+        if (this.stdio.endOnEof && sink && !sink.destroyed) sink.end();
+        return;
+      }
       if (sink && !sink.destroyed) {
         if (!sink.write(data)) await new Promise<void>((r) => sink.once('drain', r).once('close', r));
       }

@@ -10,7 +10,7 @@ import type { Hypervisor, VmConfig, VmDevice } from '../hypervisor/hypervisor.js
 import { createPodNetwork, type PodNetworkResult } from '../resource/network/pod-network.js';
 import type { ShareFs } from '../resource/sharefs/share-fs.js';
 import type { RuntimeConfig } from './config/types.js';
-import { Container, type CreateContainerOptions } from './container.js';
+import { Container, GUEST_SANDBOX_SHM, type CreateContainerOptions } from './container.js';
 import { sandboxStateDir, vmDir, type RuntimePaths } from './paths.js';
 import { SANDBOX_TRANSITIONS, StateMachine, type SandboxState } from './state-machine.js';
 import type { StartedVm, VmSource } from './vm-source.js';
@@ -173,7 +173,19 @@ export class Sandbox {
       await agent.call('CreateSandbox', {
         hostname: opts.hostname ?? '',
         dns: opts.dns ?? [],
-        storages: [{ ...storage, fsGroup: undefined, shared: false }],
+        storages: [
+          { ...storage, fsGroup: undefined, shared: false },
+          {
+            driver: 'ephemeral',
+            driverOptions: [],
+            source: 'shm',
+            fstype: 'tmpfs',
+            options: ['noexec', 'nosuid', 'nodev', 'mode=1777', 'size=67108864'],
+            mountPoint: GUEST_SANDBOX_SHM,
+            fsGroup: undefined,
+            shared: false,
+          },
+        ],
         sandboxPidns: false,
         sandboxId,
         guestHookPath: '',

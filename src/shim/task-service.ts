@@ -20,6 +20,7 @@ import { defaultSandboxDeps } from '../runtime/default-deps.js';
 import { sandboxStateDir, vmDir, type RuntimePaths } from '../runtime/paths.js';
 import { savePersisted } from '../runtime/persist.js';
 import type { Process } from '../runtime/process.js';
+import type { HostStdio } from '../runtime/process-io.js';
 import { Sandbox } from '../runtime/sandbox.js';
 import type { EventPublisher } from './events.js';
 import { nowTimestamp } from './events.js';
@@ -50,8 +51,8 @@ class ShimProcess {
   ) {}
 
   /** Opens containerd's fifos (stdin is piped through a PassThrough the process copy reads). */
-  async openStdio(): Promise<{ stdin?: Readable; stdout?: Writable; stderr?: Writable }> {
-    const out: { stdin?: Readable; stdout?: Writable; stderr?: Writable } = {};
+  async openStdio(): Promise<HostStdio> {
+    const out: HostStdio = { endOnEof: true };
     if (this.stdio.stdout) {
       const o = await openOutput(this.stdio.stdout);
       this.opened.push(o);
@@ -259,7 +260,13 @@ export class TaskService {
         const config = applyAnnotations(await loadConfig(findConfigFile({ explicitPath: configPathOf(r.options), env: process.env })), spec.annotations ?? {});
         if (config.runtime.enableDebug || config.hypervisor.enableDebug || config.agent.enableDebug) setLogLevel(this.log, 'debug');
         createdSandbox = await Sandbox.create(
-          { sandboxId: identity.sandboxId, config, paths: this.paths, hostname: spec.hostname },
+          {
+            sandboxId: identity.sandboxId,
+            config,
+            paths: this.paths,
+            hostname: spec.hostname,
+            netnsPath: spec.linux?.namespaces?.find((n) => n.type === 'network')?.path || undefined,
+          },
           defaultSandboxDeps(),
           this.log,
         );
