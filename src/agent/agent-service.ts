@@ -12,7 +12,7 @@ import { GuestContainer } from './guest-container.js';
 import { guestUnmount, run } from './guest-mount.js';
 import { networkHandlers } from './network.js';
 import { OomWatcher } from './oom-watcher.js';
-import { checkGuestPath, mountStorage } from './storage.js';
+import { checkGuestPath, mountStorage, SandboxStorages } from './storage.js';
 
 const EMPTY = {};
 const SANDBOX_DIR = '/run/kata-containers/sandbox';
@@ -23,6 +23,7 @@ export class AgentService {
   private readonly containers = new Map<string, GuestContainer>();
   private readonly sandboxMounts: string[] = [];
   private readonly oom: OomWatcher;
+  private readonly storages = new SandboxStorages();
 
   constructor(
     private readonly crun: Crun,
@@ -66,7 +67,7 @@ export class AgentService {
           await c.remove(5_000);
         }
         this.containers.clear();
-        for (const m of this.sandboxMounts.reverse()) await guestUnmount(m);
+        for (const m of [...this.storages.drain(), ...this.sandboxMounts.reverse()]) await guestUnmount(m);
         this.sandboxMounts.length = 0;
         this.log.info({ sandboxId: this.sandboxId }, 'sandbox destroyed');
         this.sandboxId = undefined;
@@ -77,7 +78,7 @@ export class AgentService {
         if (this.containers.has(req.containerId)) {
           throw errors.alreadyExists('KATA_CONTAINER_EXISTS', `container ${req.containerId} already exists`);
         }
-        const c = await GuestContainer.create(req, this.crun, this.log);
+        const c = await GuestContainer.create(req, this.crun, this.storages, this.log);
         this.containers.set(c.id, c);
         return EMPTY;
       },

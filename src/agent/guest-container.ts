@@ -9,7 +9,7 @@ import { processFromProto, specFromProto, type OciProcess, type OciSpec } from '
 import type { Crun } from './crun.js';
 import { GuestProcess } from './guest-process.js';
 import { guestUnmount, run } from './guest-mount.js';
-import { checkGuestPath, mountStorage } from './storage.js';
+import { checkGuestPath, type SandboxStorages } from './storage.js';
 
 export const CONTAINERS_DIR = '/run/kata-containers';
 const CRUN_ENV = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' };
@@ -29,7 +29,12 @@ export class GuestContainer {
     private readonly log: Logger,
   ) {}
 
-  static async create(req: CreateContainerRequest, crun: Crun, log: Logger): Promise<GuestContainer> {
+  static async create(
+    req: CreateContainerRequest,
+    crun: Crun,
+    sandboxStorages: SandboxStorages,
+    log: Logger,
+  ): Promise<GuestContainer> {
     const id = checkId(req.containerId, 'container id');
     if (!req.OCI) throw errors.invalid('KATA_SPEC_MISSING', `container ${id}: no OCI spec`);
     const spec = specFromProto(req.OCI);
@@ -41,7 +46,11 @@ export class GuestContainer {
     const c = new GuestContainer(id, bundleDir, crun, log.child({ containerId: id }));
     try {
       await mkdir(bundleDir, { recursive: true, mode: 0o700 });
-      for (const s of req.storages) c.mounts.push(await mountStorage(s));
+      for (const s of req.storages) {
+        const shared = sandboxStorages.has(s.mountPoint);
+        const mp = await sandboxStorages.mount(s);
+        if (!shared && !sandboxStorages.has(s.mountPoint)) c.mounts.push(mp);
+      }
       const terminal = spec.process.terminal ?? false;
       await writeFile(join(bundleDir, 'config.json'), JSON.stringify(adaptSpec(spec, id)));
       c.processes.set(id, c.newProcess(id, terminal, spec.process));

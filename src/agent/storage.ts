@@ -54,3 +54,35 @@ export async function mountStorage(s: Storage): Promise<string> {
       throw errors.notImplemented('KATA_STORAGE_DRIVER', `storage driver ${JSON.stringify(s.driver)} is not supported`);
   }
 }
+
+/** Ephemeral storages under this directory belong to the sandbox: mounted once, shared, removed with it. */
+const SANDBOX_EPHEMERAL = '/run/kata-containers/sandbox/ephemeral/';
+
+/**
+ * Storage mounts that outlive a container: the pod's memory emptyDirs. Other storages are the container's own
+ * and are passed through (the container unmounts them).
+ */
+export class SandboxStorages {
+  private readonly mounted = new Set<string>();
+
+  has(mountPoint: string): boolean {
+    return this.mounted.has(mountPoint);
+  }
+
+  async mount(s: Storage): Promise<string> {
+    const isSandboxScoped = s.driver === 'ephemeral' && checkGuestPath(s.mountPoint, 'storage mount_point').startsWith(SANDBOX_EPHEMERAL);
+    if (!isSandboxScoped) return mountStorage(s);
+    if (!this.mounted.has(s.mountPoint)) {
+      await mountStorage(s);
+      this.mounted.add(s.mountPoint);
+    }
+    return s.mountPoint;
+  }
+
+  /** Everything mounted for the sandbox, newest first, forgetting them. */
+  drain(): string[] {
+    const all = [...this.mounted].reverse();
+    this.mounted.clear();
+    return all;
+  }
+}

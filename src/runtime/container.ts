@@ -1,7 +1,9 @@
+import { statfs } from 'node:fs/promises';
 import { errors } from '../base/errors.js';
 import { checkId } from '../base/ids.js';
 import type { Logger } from '../base/logger.js';
 import type { AgentClient } from '../agent-client/agent-client.js';
+import type { Storage } from '../protocol/gen/agent.js';
 import { processToProto, specToProto, type OciProcess, type OciSpec } from '../protocol/oci-spec.js';
 import type { ShareFs } from '../resource/sharefs/share-fs.js';
 import { Process } from './process.js';
@@ -10,6 +12,18 @@ import { CONTAINER_TRANSITIONS, StateMachine, type ContainerState } from './stat
 
 /** The sandbox's /dev/shm in the guest (an ephemeral tmpfs the agent mounts at CreateSandbox). */
 export const GUEST_SANDBOX_SHM = '/run/kata-containers/sandbox/shm';
+
+/** Where the agent mounts memory-backed emptyDirs (one tmpfs per name, per sandbox). */
+export const GUEST_EPHEMERAL_DIR = '/run/kata-containers/sandbox/ephemeral';
+const TMPFS_MAGIC = 0x01021994;
+
+/** The emptyDir name when `source` is a kubelet memory-medium emptyDir (a tmpfs under kubernetes.io~empty-dir). */
+async function memoryEmptyDir(source: string): Promise<string | undefined> {
+  const m = /\/kubernetes\.io~empty-dir\/([A-Za-z0-9][A-Za-z0-9_.-]*)\/?$/.exec(source);
+  if (!m) return undefined;
+  const st = await statfs(source).catch(() => undefined);
+  return st?.type === TMPFS_MAGIC ? m[1] : undefined;
+}
 
 /** Mount sources the guest provides itself; never shared from the host. */
 const GUEST_PROVIDED = new Set(['proc', 'sysfs', 'devpts', 'mqueue', 'tmpfs', 'cgroup', 'cgroup2', 'devtmpfs', 'shm']);
@@ -63,6 +77,7 @@ export class Container {
     try {
       const guestRoot = await shareFs.shareRootfs(id, opts.hostRootfs);
       const mounts = [];
+      const storages: Storage[] = [];
       for (const m of opts.spec.mounts ?? []) {
         const isBind = m.type === 'bind' || (m.options ?? []).some((o) => o === 'bind' || o === 'rbind');
         if (isBind && m.destination === '/dev/shm') {
@@ -72,6 +87,14 @@ export class Container {
         }
         if (!isBind || !m.source || GUEST_PROVIDED.has(m.source)) {
           mounts.push(m);
+          continue;
+        }
+        const emptyDir = await memoryEmptyDir(m.source);
+        if (emptyDir) {
+          // A memory-backed emptyDir is a tmpfs in the guest, shared by the pod's containers (Kata's ephemeral).
+          const mountPoint = `${GUEST_EPHEMERAL_DIR}/${emptyDir}`;
+          storages.push({ driver: 'ephemeral', driverOptions: [], source: 'tmpfs', fstype: 'tmpfs', options: [], mountPoint, fsGroup: undefined, shared: false });
+          mounts.push({ ...m, source: mountPoint });
           continue;
         }
         const ro = (m.options ?? []).includes('ro');
@@ -90,7 +113,7 @@ export class Container {
           execId: id,
           stringUser: undefined,
           devices: [],
-          storages: [],
+          storages,
           OCI: specToProto(guestSpec),
           sandboxPidns: false,
           sharedMounts: [],

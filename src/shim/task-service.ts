@@ -22,6 +22,7 @@ import { savePersisted } from '../runtime/persist.js';
 import type { Process } from '../runtime/process.js';
 import type { HostStdio } from '../runtime/process-io.js';
 import { Sandbox } from '../runtime/sandbox.js';
+import { sizeSandbox } from '../runtime/sandbox-sizing.js';
 import type { EventPublisher } from './events.js';
 import { nowTimestamp } from './events.js';
 import { openOutput, openStdin, type OpenedStdio } from './fifo-io.js';
@@ -257,7 +258,8 @@ export class TaskService {
         rootfsDir,
       );
       if (identity.type !== 'pod_container') {
-        const config = applyAnnotations(await loadConfig(findConfigFile({ explicitPath: configPathOf(r.options), env: process.env })), spec.annotations ?? {});
+        const loaded = await loadConfig(findConfigFile({ explicitPath: configPathOf(r.options), env: process.env }));
+        const config = sizeSandbox(applyAnnotations(loaded, spec.annotations ?? {}), spec.annotations);
         if (config.runtime.enableDebug || config.hypervisor.enableDebug || config.agent.enableDebug) setLogLevel(this.log, 'debug');
         createdSandbox = await Sandbox.create(
           {
