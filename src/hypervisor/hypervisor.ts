@@ -12,7 +12,11 @@ export type VmDevice =
   | { kind: 'virtio-fs'; id: string; socketPath: string; tag: string; queueSize?: number }
   | { kind: '9p'; id: string; hostPath: string; tag: string; readonly?: boolean }
   | { kind: 'block'; id: string; path: string; readonly: boolean; format?: 'raw' }
-  | { kind: 'net-tap'; id: string; ifname: string; mac: string; netnsPath?: string };
+  /**
+   * A tap: by name (`ifname`, QEMU opens it; tc-filter) or by a character device QEMU gets as an open fd
+   * (`fdPath`, e.g. a macvtap's /dev/tapN node; the driver opens it and passes the descriptor).
+   */
+  | { kind: 'net-tap'; id: string; ifname?: string; fdPath?: string; mac: string; netnsPath?: string };
 
 /** How guest RAM is backed: shared memory is needed by virtio-fs and by templates. */
 export type MemoryBackend =

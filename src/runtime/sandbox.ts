@@ -99,13 +99,14 @@ export class Sandbox {
       devices.push(await shareFs.prepare({ signal: opts.signal }));
       let net: PodNetworkResult | undefined;
       if (opts.netnsPath && config.runtime.internetworkingModel !== 'none') {
-        const podNet = createPodNetwork(opts.netnsPath, config.runtime.internetworkingModel, log);
+        const podNet = createPodNetwork(opts.netnsPath, config.runtime.internetworkingModel, log, { fdPassing: true });
         cleanup.push('remove pod network wiring', () => podNet.cleanup());
         net = await podNet.prepare({ signal: opts.signal });
-        if (net.fdDevices.length > 0) {
-          throw errors.notImplemented('KATA_NET_FD_PASSING', 'macvtap needs tap fd passing, which the QEMU driver does not do yet');
-        }
         devices.push(...net.devices);
+        // macvtap: QEMU gets the tap node as an open descriptor.
+        for (const d of net.fdDevices) {
+          devices.push({ kind: 'net-tap', id: d.id, fdPath: d.devicePath, mac: d.mac, netnsPath: opts.netnsPath });
+        }
       }
 
       // 2. The VM: booted cold or cloned from a template; either way it runs when this returns.

@@ -166,6 +166,22 @@ describe('Kubernetes path: CRI RuntimeClass handler kata, CNI, volumes', () => {
     assert.deepEqual(await env.leakedSince(baseline), { netns: [], veths: [], shims: [], mounts: [], cniState: [] });
   });
 
+  test('macvtap interworking (runtime annotation): the host reaches the pod through the macvtap', async () => {
+    const pod = await env.runPod({
+      handler: 'kata',
+      name: 'mvt',
+      resources: null,
+      annotations: { 'io.katacontainers.config.runtime.internetworking_model': 'macvtap' },
+    });
+    await pod.runContainer({ name: 'httpd', command: ['sh', '-c', 'echo macvtap > /index.html && exec httpd -f -p 8080 -h /'] });
+    const ip = await pod.ip();
+    const res = await retry(() => httpGet(ip, 8080, '/index.html'), 30_000);
+    assert.equal(res.body, 'macvtap\n');
+    await pod.remove();
+    assert.equal(qemuOf(pod.id).length, 0);
+    assert.deepEqual(await env.leakedSince(baseline), { netns: [], veths: [], shims: [], mounts: [], cniState: [] });
+  });
+
   test('an annotation that enable_annotations does not allow fails the pod clearly; nothing leaks', async () => {
     await assert.rejects(
       env.runPod({ handler: 'kata', name: 'bad', annotations: { 'io.katacontainers.config.hypervisor.default_memory': '4096' } }),

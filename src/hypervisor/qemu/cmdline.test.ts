@@ -10,6 +10,7 @@ import {
   hotplugPortIds,
   kernelCmdline,
   optValue,
+  passedFdPaths,
   qemuPaths,
 } from './cmdline.js';
 
@@ -325,4 +326,23 @@ test('rejects impossible configs', () => {
   invalidConfig(() => buildQemuArgs(cfg({ devices: [tap({ netnsPath: '/run/netns/x' })] })), /QEMU runs in the host netns/);
   // Same netns as QEMU: fine.
   buildQemuArgs(cfg({ netnsPath: '/run/netns/x', devices: [tap({ netnsPath: '/run/netns/x' })] }));
+});
+
+test('taps by fd: the driver passes them as fds 3, 4, ... in device order', () => {
+  const a = buildQemuArgs(
+    cfg({
+      devices: [
+        { kind: 'net-tap', id: 'n0', fdPath: '/run/t/tap7', mac: '02:00:00:00:00:07' },
+        { kind: 'net-tap', id: 'n1', ifname: 'tap1_kata', mac: '02:00:00:00:00:08' },
+        { kind: 'net-tap', id: 'n2', fdPath: '/run/t/tap9', mac: '02:00:00:00:00:09' },
+      ],
+    }),
+  );
+  assert.deepEqual(values(a, '-netdev'), [
+    'tap,id=netdev-n0,fd=3,vhost=off',
+    'tap,id=netdev-n1,ifname=tap1_kata,script=no,downscript=no,vhost=off',
+    'tap,id=netdev-n2,fd=4,vhost=off',
+  ]);
+  assert.deepEqual(passedFdPaths({ devices: cfg({ devices: [{ kind: 'net-tap', id: 'n0', fdPath: '/x', mac: '02:00:00:00:00:01' }] }).devices }), ['/x']);
+  invalidConfig(() => buildQemuArgs(cfg({ devices: [{ kind: 'net-tap', id: 'n', mac: '02:00:00:00:00:01' }] })), /exactly one of ifname and fdPath/);
 });

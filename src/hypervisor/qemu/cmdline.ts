@@ -199,7 +199,9 @@ export function validateDevice(config: VmConfig, d: VmDevice): void {
       if (d.format !== undefined && d.format !== 'raw') throw invalid(`device ${d.id}: only raw images are supported`);
       return;
     case 'net-tap':
-      if (!IFNAME_RE.test(d.ifname)) throw invalid(`device ${d.id}: bad tap name ${JSON.stringify(d.ifname)}`);
+      if ((d.ifname === undefined) === (d.fdPath === undefined)) throw invalid(`device ${d.id}: exactly one of ifname and fdPath`);
+      if (d.ifname !== undefined && !IFNAME_RE.test(d.ifname)) throw invalid(`device ${d.id}: bad tap name ${JSON.stringify(d.ifname)}`);
+      if (d.fdPath !== undefined) checkAbsolute(`device ${d.id} fdPath`, d.fdPath);
       if (!MAC_RE.test(d.mac)) throw invalid(`device ${d.id}: bad MAC ${JSON.stringify(d.mac)}`);
       if ((parseInt(d.mac.slice(0, 2), 16) & 1) === 1) throw invalid(`device ${d.id}: MAC ${d.mac} is multicast`);
       if (d.netnsPath !== undefined && d.netnsPath !== config.netnsPath) {
@@ -221,7 +223,16 @@ export function kernelCmdline(config: Pick<VmConfig, 'kernelParams'>, opts: Pick
 }
 
 /** Arguments (after `-device`, etc.) for one device; used for cold plug. */
-export function deviceArgs(machine: MachineType, d: VmDevice): string[] {
+/** The first descriptor QEMU inherits for fd-passed devices (0-2 are stdio). */
+export const FIRST_PASSED_FD = 3;
+
+/** Host paths the driver opens and passes to QEMU, in fd order (fd FIRST_PASSED_FD + index). */
+export function passedFdPaths(config: Pick<VmConfig, 'devices'>): string[] {
+  return config.devices.flatMap((d) => (d.kind === 'net-tap' && d.fdPath !== undefined ? [d.fdPath] : []));
+}
+
+/** `fdNumber`: the descriptor QEMU holds for an fd-passed device (see passedFdPaths). */
+export function deviceArgs(machine: MachineType, d: VmDevice, fdNumber?: number): string[] {
   switch (d.kind) {
     case 'virtio-fs':
       return [
@@ -240,7 +251,10 @@ export function deviceArgs(machine: MachineType, d: VmDevice): string[] {
       ];
     case 'net-tap':
       return [
-        '-netdev', opts('tap', [['id', netdevId(d.id)], ['ifname', d.ifname], ['script', 'no'], ['downscript', 'no'], ['vhost', 'off']]),
+        '-netdev',
+        d.fdPath !== undefined
+          ? opts('tap', [['id', netdevId(d.id)], ['fd', String(fdNumber ?? -1)], ['vhost', 'off']])
+          : opts('tap', [['id', netdevId(d.id)], ['ifname', d.ifname], ['script', 'no'], ['downscript', 'no'], ['vhost', 'off']]),
         '-device', opts(deviceDriver(machine, 'net'), [
           ['id', d.id],
           ['netdev', netdevId(d.id)],
@@ -360,7 +374,11 @@ export function buildQemuArgs(config: VmConfig, options: QemuArgsOptions = {}): 
   // Entropy for the guest: without it Node's start-up blocks on the guest RNG (several seconds under TCG).
   args.push('-object', 'rng-random,id=rng0,filename=/dev/urandom');
   args.push('-device', opts(deviceDriver(config.machineType, 'rng'), [['id', 'rng'], ['rng', 'rng0']]));
-  for (const d of config.devices) args.push(...deviceArgs(config.machineType, d));
+  const fdPaths = passedFdPaths(config);
+  for (const d of config.devices) {
+    const fdIndex = d.kind === 'net-tap' && d.fdPath !== undefined ? fdPaths.indexOf(d.fdPath) : -1;
+    args.push(...deviceArgs(config.machineType, d, fdIndex >= 0 ? FIRST_PASSED_FD + fdIndex : undefined));
+  }
 
   // A clone loads its device state over QMP (`migrate-incoming`) and must stay paused afterwards: without -S
   // QEMU would resume by itself as soon as loading completes, before the runtime reconnects the agent.

@@ -14,6 +14,8 @@ export interface SpawnQemuOptions {
   logPath: string;
   netnsPath?: string;
   nsenterPath?: string;
+  /** Opened read-write and passed to QEMU as fds 3, 4, ... (e.g. macvtap tap nodes). */
+  passFdPaths?: string[];
 }
 
 export class QemuProcess {
@@ -32,12 +34,16 @@ export class QemuProcess {
       argv = [`--net=${opts.netnsPath}`, '--', opts.binary, ...opts.args];
     }
     const fd = fs.openSync(opts.logPath, 'a', 0o600);
+    const passed: number[] = [];
     let settle!: (e: VmExit) => void;
     this.exit = new Promise<VmExit>((resolve) => (settle = resolve));
     try {
-      this.child = spawn(cmd, argv, { stdio: ['ignore', fd, fd], detached: true });
+      for (const p of opts.passFdPaths ?? []) passed.push(fs.openSync(p, 'r+'));
+      this.child = spawn(cmd, argv, { stdio: ['ignore', fd, fd, ...passed], detached: true });
     } finally {
       fs.closeSync(fd);
+      // QEMU has its own copies now (nsenter keeps them across its exec).
+      for (const p of passed) fs.closeSync(p);
     }
     this.pid = this.child.pid;
     const finish = (e: VmExit) => {

@@ -18,6 +18,7 @@ import type { Hypervisor, HypervisorFactory, VmConfig, VmDevice, VmExit } from '
 import {
   buildQemuArgs,
   hotplugPortIds,
+  passedFdPaths,
   qemuPaths,
   supportsHotplug,
   validateDevice,
@@ -124,6 +125,7 @@ export class Qemu implements Hypervisor {
         logPath: this.paths.qemuLog,
         netnsPath: this.config.netnsPath,
         nsenterPath: this.opts.nsenterPath,
+        passFdPaths: passedFdPaths(this.config),
       });
       this.proc = proc;
       undo.push('kill qemu', async () => {
