@@ -7,10 +7,12 @@
 # pod settle, then samples RSS and PSS (/proc/PID/smaps_rollup) and CPU time (/proc/PID/stat) of every process of
 # the sandbox. Everything it starts is stopped and removed at the end, also on failure.
 #
-# Usage: deploy/measure-overhead.sh [--settle SECONDS] [--samples N] [--interval SECONDS] [--pods N]
+# Usage: deploy/measure-overhead.sh [--settle SECONDS] [--samples N] [--interval SECONDS] [--pods N] [--busy SECONDS]
 #   --settle    seconds to wait after the container runs before sampling (default 20)
 #   --samples   number of samples (default 5), --interval seconds between them (default 2)
 #   --pods      pods running at the same time (default 1; PSS shares QEMU's and node's file pages between them)
+#   --busy      before settling, keep the container busy this many seconds (find, ls -R /proc, dd to /tmp, ps in a
+#               loop: new code for TCG to translate, guest page cache, dentries), then measure it idle again
 # Needs root, a built project (scripts/setup.sh) and containerd-shim-kata-v2 on PATH (/usr/local/bin).
 set -euo pipefail
 export LC_ALL=C
@@ -19,12 +21,14 @@ SETTLE=20
 SAMPLES=5
 INTERVAL=2
 PODS=1
+BUSY=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --settle) SETTLE=${2:?}; shift 2 ;;
     --samples) SAMPLES=${2:?}; shift 2 ;;
     --interval) INTERVAL=${2:?}; shift 2 ;;
     --pods) PODS=${2:?}; shift 2 ;;
+    --busy) BUSY=${2:?}; shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "measure-overhead.sh: unknown argument: $1" >&2; exit 2 ;;
   esac
@@ -73,37 +77,38 @@ for i in $(seq "$PODS"); do
   ctr_ run -d --runtime io.containerd.kata.v2 "$IMAGE" "$id" sleep 1000000 >/dev/null
   printf 'pod %s running after %.1f s\n' "$id" "$(echo "$(date +%s.%N) - $t0" | bc)"
 done
+if [ "$BUSY" -gt 0 ]; then
+  echo "keeping the pods busy for ${BUSY}s"
+  for id in "${IDS[@]}"; do
+    ctr_ task exec --exec-id busy "$id" sh -c "end=\$((\$(date +%s) + $BUSY)); while [ \$(date +%s) -lt \$end ]; do
+      find / -xdev >/dev/null 2>&1; ls -lR /proc/self /sys/class >/dev/null 2>&1; ps >/dev/null;
+      dd if=/dev/zero of=/tmp/f bs=1M count=32 2>/dev/null; md5sum /tmp/f >/dev/null; rm -f /tmp/f; done" &
+  done
+  wait
+fi
 echo "settling ${SETTLE}s"
 sleep "$SETTLE"
 
 # The shim serving $1 (its long-running instance: the one without a "start"/"delete" action), QEMU and virtiofsd
 # whose command lines name the sandbox's VM directory, and all their descendants.
 pids_of() {
-  local id=$1 p args
-  local -A seen=()
-  for p in $(ls /proc | grep -E '^[0-9]+$'); do
-    args=$(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null) || continue
-    case "$args" in
-      *containerd-shim-kata-v2*"-address $SOCK"*" -id $id"*) case "$args" in *" start"* | *" delete"*) ;; *) seen[$p]=1 ;; esac ;;
-      *"/run/vc/vm/$id/"*) seen[$p]=1 ;;
-    esac
-  done
-  # descendants
-  local changed=1 ppid
-  while [ $changed = 1 ]; do
-    changed=0
-    for p in $(ls /proc | grep -E '^[0-9]+$'); do
-      [ -n "${seen[$p]:-}" ] && continue
-      ppid=$(awk '{print $4}' "/proc/$p/stat" 2>/dev/null) || continue
-      if [ -n "${seen[$ppid]:-}" ]; then seen[$p]=1; changed=1; fi
-    done
-  done
-  printf '%s\n' "${!seen[@]}" | sort -n
+  ps -eo pid=,ppid=,args= | awk -v id="$1" -v sock="$SOCK" '
+    {
+      pid = $1; ppid[pid] = $2; args = $0; sub(/^ *[0-9]+ +[0-9]+ +/, "", args)
+      # the long-running shim instance ("... -id ID -socket S serve"), not a "start" or "delete" invocation
+      if (args ~ /containerd-shim-kata-v2/ && index(args, "-address " sock " ") && index(args " ", "-id " id " ") &&
+          args !~ / (start|delete)$/) seed[pid] = 1
+      if (index(args, "/run/vc/vm/" id "/")) seed[pid] = 1
+    }
+    END {
+      do { changed = 0; for (p in ppid) if (!(p in seed) && (ppid[p] in seed)) { seed[p] = 1; changed = 1 } } while (changed)
+      for (p in seed) print p
+    }' | sort -n
 }
 
 kind_of() {
   local args
-  args=$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null)
+  args=$(tr '\0' ' ' 2>/dev/null <"/proc/$1/cmdline")
   case "$args" in
     *qemu-system*) echo qemu ;;
     *virtiofsd*) echo virtiofsd ;;

@@ -6,5 +6,6 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/gen-proto.sh --check
 npx eslint --max-warnings=0 src test bench scripts
-# Unit tests beside the code, then VM tests (serial: they boot VMs on a 2-core machine).
-node --test --test-concurrency=1 --test-reporter=spec dist/src dist/test
+# Unit tests beside the code, then VM and containerd tests (one file at a time: they boot VMs on 2 cores).
+mapfile -t files < <(find dist/src -name '*.test.js' | sort; find dist/test -name '*.test.js' | sort)
+node --test --test-concurrency=1 --test-reporter=spec "${files[@]}"

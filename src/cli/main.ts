@@ -1,7 +1,10 @@
 import { Command, CommanderError } from 'commander';
 import { KataError } from '../base/errors.js';
 import { createLogger, type LogLevel } from '../base/logger.js';
+import { registerCheckCommand } from './commands/check.js';
+import { registerEnvCommand } from './commands/env.js';
 import { registerFactoryCommand } from './commands/factory.js';
+import { registerMetricsCommand } from './commands/metrics.js';
 import { runCommand } from './commands/run.js';
 
 /** Exit codes for errors, by kind (the container's own status is returned as is by `run`). */
@@ -31,6 +34,10 @@ export async function main(argv: string[]): Promise<number> {
     log,
     setResult: (code) => (result = code),
   });
+  const deps = { configPath: () => program.opts().config as string | undefined, log, setResult: (code: number) => (result = code) };
+  registerCheckCommand(program, deps);
+  registerEnvCommand(program, deps);
+  registerMetricsCommand(program, deps);
 
   try {
     await program.parseAsync(argv, { from: 'user' });

@@ -5,6 +5,7 @@ import { createLogger } from '../base/logger.js';
 import { TtrpcServer } from '../protocol/ttrpc/server.js';
 import { defaultPaths } from '../runtime/paths.js';
 import { EventPublisher } from './events.js';
+import { ManagementServer } from './management-server.js';
 import type { ShimFlags } from './flags.js';
 import { TASK_SERVICE, TaskService } from './task-service.js';
 
@@ -28,6 +29,7 @@ export async function serveAction(flags: ShimFlags): Promise<void> {
   const exit = async (code: number) => {
     if (exiting) return;
     exiting = true;
+    await management.close();
     await service.shutdownAll();
     await events.flush().catch(() => undefined);
     events.close();
@@ -36,7 +38,8 @@ export async function serveAction(flags: ShimFlags): Promise<void> {
     process.exit(code);
   };
   const service = new TaskService(defaultPaths(), events, log, () => void exit(0));
-  server.register(TASK_SERVICE, service.handlers());
+  const management = new ManagementServer(defaultPaths(), log);
+  server.register(TASK_SERVICE, management.instrument(service.handlers(), () => service.currentSandbox));
   const socketPath = flags.socket!;
   await mkdir(dirname(socketPath), { recursive: true });
   await server.listen(socketPath);

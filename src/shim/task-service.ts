@@ -113,6 +113,11 @@ export class TaskService {
     return this.tasks.size;
   }
 
+  /** The pod's sandbox once Create made it (the management server reads it). */
+  get currentSandbox(): Sandbox | undefined {
+    return this.sandbox;
+  }
+
   private task(id: string): ShimTask {
     const task = this.tasks.get(id);
     if (!task) throw errors.notFound('KATA_TASK_NOT_FOUND', `task ${id} not found`);

@@ -10,7 +10,11 @@ export interface HostSnapshot {
 
 const STATE_DIRS = ['/run/vc/vm', '/run/vc/sbs', '/run/kata-containers/shared/sandboxes'];
 
-export function snapshotHost(): HostSnapshot {
+/**
+ * `only` limits the snapshot to what mentions this test's own sandbox ids, so that other users of the machine
+ * (a benchmark, another test run) do not look like leaks.
+ */
+export function snapshotHost(only?: RegExp): HostSnapshot {
   let processes: string[];
   try {
     processes = execFileSync('ps', ['-eo', 'pid=,args='], { encoding: 'utf8' })
@@ -32,17 +36,18 @@ export function snapshotHost(): HostSnapshot {
       // absent: nothing left there
     }
   }
-  return { processes, mounts, entries };
+  const keep = (xs: string[]) => (only ? xs.filter((x) => only.test(x)) : xs);
+  return { processes: keep(processes), mounts: keep(mounts), entries: keep(entries) };
 }
 
 /** Waits briefly for processes to be reaped, then returns what is new compared to `before`. */
-export async function leaksSince(before: HostSnapshot): Promise<HostSnapshot> {
-  let now = snapshotHost();
+export async function leaksSince(before: HostSnapshot, only?: RegExp): Promise<HostSnapshot> {
+  let now = snapshotHost(only);
   for (let i = 0; i < 20; i++) {
     const diff = diffSnap(before, now);
     if (diff.processes.length + diff.mounts.length + diff.entries.length === 0) return diff;
     await new Promise((r) => setTimeout(r, 100));
-    now = snapshotHost();
+    now = snapshotHost(only);
   }
   return diffSnap(before, now);
 }

@@ -12,6 +12,8 @@ import { runCli } from '../helpers/run-cli.js';
  * Every test checks that nothing was left behind on the host.
  */
 
+/** This test's sandbox ids all carry its pid. */
+const MINE = new RegExp(`/[tk]${process.pid}`);
 const hostKernel = execFileSync('uname', ['-r'], { encoding: 'utf8' }).trim();
 
 async function runInVm(
@@ -35,11 +37,11 @@ describe('kata-runtime run', () => {
   let snap: HostSnapshot;
   const bundles: Bundle[] = [];
   before(() => {
-    snap = snapshotHost();
+    snap = snapshotHost(MINE);
   });
   after(async () => {
     for (const b of bundles) await b.remove();
-    const leaks = await leaksSince(snap);
+    const leaks = await leaksSince(snap, MINE);
     assert.deepEqual(leaks, { processes: [], mounts: [], entries: [] });
   });
 
@@ -111,10 +113,10 @@ describe('kata-runtime run', () => {
 describe('kata-runtime run: bad input fails clearly and leaves nothing', () => {
   let snap: HostSnapshot;
   before(() => {
-    snap = snapshotHost();
+    snap = snapshotHost(MINE);
   });
   after(async () => {
-    assert.deepEqual(await leaksSince(snap), { processes: [], mounts: [], entries: [] });
+    assert.deepEqual(await leaksSince(snap, MINE), { processes: [], mounts: [], entries: [] });
   });
 
   test('a missing kernel is named', async () => {
@@ -135,7 +137,7 @@ describe('kata-runtime run: bad input fails clearly and leaves nothing', () => {
     const bundle = await makeBundle(defaultSpec(['true']));
     await writeFile(`${bundle.dir}/config.json`, JSON.stringify({ ociVersion: '1.0.2', root: { path: 'rootfs' }, process: { args: 'true' } }));
     const cfg = writeTestConfig();
-    const r = await runCli(['--config', cfg.path, 'run', '--bundle', bundle.dir, 'badspec']);
+    const r = await runCli(['--config', cfg.path, 'run', '--bundle', bundle.dir, `t${process.pid}badspec`]);
     cfg.remove();
     await bundle.remove();
     assert.equal(r.code, 2);

@@ -21,6 +21,8 @@ class Collect extends Writable {
   }
 }
 
+const MINE = new RegExp(`/sbx${process.pid}`);
+
 describe('sandbox runtime API (one shared VM)', () => {
   let sandbox: Sandbox;
   let snap: HostSnapshot;
@@ -28,7 +30,7 @@ describe('sandbox runtime API (one shared VM)', () => {
   const cfg = writeTestConfig();
 
   before(async () => {
-    snap = snapshotHost();
+    snap = snapshotHost(MINE);
     const config = await loadConfig(cfg.path);
     sandbox = await Sandbox.create({ sandboxId: `sbx${process.pid}`, config, paths: defaultPaths() }, defaultSandboxDeps(), silentLogger);
   });
@@ -37,7 +39,7 @@ describe('sandbox runtime API (one shared VM)', () => {
     await sandbox?.stop();
     for (const b of bundles) await b.remove();
     cfg.remove();
-    assert.deepEqual(await leaksSince(snap), { processes: [], mounts: [], entries: [] });
+    assert.deepEqual(await leaksSince(snap, MINE), { processes: [], mounts: [], entries: [] });
   });
 
   test('a second process can be exec\'d into a running container, with its own stdio and exit status', async () => {

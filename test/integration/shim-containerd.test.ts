@@ -13,6 +13,8 @@ import { leaksSince, snapshotHost, type HostSnapshot } from '../helpers/leaks.js
 const RUNTIME = ['--runtime', 'io.containerd.kata.v2'];
 const BUSYBOX = 'docker.io/library/busybox:kata-ts';
 const NS = 'kata-test';
+/** Every container id of this test starts with `k-`. */
+const MINE = /[/ ]k-[a-z]/;
 const hostKernel = execFileSync('uname', ['-r'], { encoding: 'utf8' }).trim();
 
 /** Processes (QEMU, virtiofsd) of one sandbox, found by its VM directory in their command lines. */
@@ -52,7 +54,7 @@ describe('containerd shim v2 with containerd 1.6 and ctr', () => {
   };
 
   before(async () => {
-    snap = snapshotHost();
+    snap = snapshotHost(MINE);
     ctd = await TestContainerd.start();
     execFileSync('images/import.sh', ['--namespace', NS, '--address', ctd.address, '--only', 'busybox'], {
       stdio: ['ignore', 'ignore', 'inherit'],
@@ -61,7 +63,7 @@ describe('containerd shim v2 with containerd 1.6 and ctr', () => {
 
   after(async () => {
     await ctd?.stop([NS]);
-    assert.deepEqual(await leaksSince(snap), { processes: [], mounts: [], entries: [] });
+    assert.deepEqual(await leaksSince(snap, MINE), { processes: [], mounts: [], entries: [] });
   });
 
   test('ctr run --rm: uname -r prints the guest kernel; the exit status propagates', async () => {
