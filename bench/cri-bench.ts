@@ -32,6 +32,35 @@ const IPERF_PORT = 5201;
  * /proc/self/fd (ENXIO), so the plain Cmd exits at once there. Through the pipe the logs still reach the CRI log.
  */
 const NGINX_COMMAND = ['sh', '-c', `nginx -g 'daemon off;' 2>&1 | cat`];
+/**
+ * Where an HTTP request's time goes: the same nginx without access log, answering from no file at all, from a
+ * file on tmpfs (/dev/shm: a guest tmpfs under kata-ts) and from the image's rootfs (overlayfs for runc, shared
+ * from the host over virtio-fs for kata-ts). One ab run each, after the measured runs, in the same pod.
+ */
+const DIAG_CONF = `worker_processes 1; pid /tmp/nginx-diag.pid; error_log stderr notice;
+events { worker_connections 256; }
+http {
+  access_log off; sendfile off; keepalive_timeout 30;
+  server {
+    listen 80 default_server;
+    location = /ret { return 200 "ok\\n"; }
+    location /shm/ { alias /dev/shm/; }
+    location / { root /usr/share/nginx/html; }
+  }
+}`;
+const DIAG_COMMAND = [
+  'sh',
+  '-c',
+  `cat > /tmp/nginx-diag.conf <<'EOF'\n${DIAG_CONF}\nEOF\n` +
+    `cp /usr/share/nginx/html/index.html /dev/shm/ && exec nginx -c /tmp/nginx-diag.conf -g 'daemon off;'`,
+];
+const DIAG_PATHS: [string, string][] = [
+  ['/ret', 'no file (return 200)'],
+  ['/shm/index.html', 'index.html on tmpfs (/dev/shm)'],
+  ['/index.html', 'index.html on the rootfs (kata-ts: virtio-fs)'],
+];
+const DIAG_REQUESTS = 3000;
+const DIAG_SECONDS = 5;
 
 /** The published Kata figures quoted by the issue (4-vCPU pod on a hard disk), nginx req/s. */
 const PUBLISHED = { runc: 16_949, virtio9p: 1_182, virtioFs: 3_787, devmapper: 8_854 };
@@ -96,9 +125,9 @@ async function retry<T>(what: string, fn: () => Promise<T>, timeoutMs: number): 
   }
 }
 
-function httpStatus(ip: string, port: number): Promise<number> {
+function httpStatus(ip: string, port: number, path = '/'): Promise<number> {
   return new Promise((resolve, reject) => {
-    const req = request({ host: ip, port, path: '/', timeout: 5000 }, (res) => {
+    const req = request({ host: ip, port, path, timeout: 5000 }, (res) => {
       res.resume();
       res.on('end', () => resolve(res.statusCode ?? 0));
     });
@@ -227,9 +256,10 @@ async function ab(url: string, concurrency: number, requests: number, seconds: n
 
 async function measureHttp(env: CriEnv, n: number): Promise<Section> {
   const variants = [RUNC, KATA];
-  const results: Record<string, { samples: AbResult[]; cpus?: number; error?: string }> = {};
+  type HttpResult = { samples: AbResult[]; cpus?: number; error?: string; diag: Record<string, number>; diagError?: string };
+  const results: Record<string, HttpResult> = {};
   for (const v of variants) {
-    const res: { samples: AbResult[]; cpus?: number; error?: string } = { samples: [] };
+    const res: HttpResult = { samples: [], diag: {} };
     results[v.key] = res;
     try {
       await withPod(env, v, `http-${v.key}`, async (pod) => {
@@ -243,6 +273,23 @@ async function measureHttp(env: CriEnv, n: number): Promise<Section> {
         const url = `http://${ip}:80/`;
         await ab(url, 10, 200, 10); // warm-up: connections, page cache, guest TCP
         for (let i = 0; i < n; i++) res.samples.push(await ab(url, AB_CONCURRENCY, AB_REQUESTS, AB_SECONDS));
+        try {
+          // Its stdio are not opened by path (error_log stderr, no access log): no pipe needed.
+          await env.client.stopContainer({ containerId: cid, timeout: 5 }, { timeoutMs: 60_000 });
+          await pod.runContainer({ name: 'nginx-diag', image: 'nginx', command: DIAG_COMMAND }, { timeoutMs: 120_000 });
+          for (const [path] of DIAG_PATHS) {
+            const u = `http://${ip}:80${path}`;
+            await retry(`GET ${u}`, async () => {
+              const status = await httpStatus(ip, 80, path);
+              if (status !== 200) throw new Error(`HTTP ${status}`);
+            }, 60_000);
+            await ab(u, 10, 100, 5); // warm-up
+            res.diag[path] = (await ab(u, AB_CONCURRENCY, DIAG_REQUESTS, DIAG_SECONDS)).rps;
+          }
+        } catch (err) {
+          res.diagError = errText(err);
+          process.stderr.write(`http diagnostic ${v.label}: ${res.diagError}\n`);
+        }
       });
     } catch (err) {
       res.error = errText(err);
@@ -268,6 +315,12 @@ async function measureHttp(env: CriEnv, n: number): Promise<Section> {
   }
   const ratio = fmtRatio(rps('kata'), rps('runc'));
   rows.push(['ratio kata-ts/runc', ratio, '', '', '', '']);
+  const diag = (k: string, path: string) => results[k]!.diag[path];
+  const diagRows = [['   path', 'runc', 'kata-ts', 'kata-ts/runc']];
+  for (const [path, what] of DIAG_PATHS) {
+    const f = (x: number | undefined) => (x === undefined ? '-' : x.toFixed(0));
+    diagRows.push([`   ${path}: ${what}`, f(diag('runc', path)), f(diag('kata', path)), fmtRatio(diag('kata', path), diag('runc', path))]);
+  }
   const pub = (x: number) => (x / PUBLISHED.runc).toFixed(3);
   const refRows = [
     ['published (issue), 4-vCPU pod, hard disk', 'req/s', 'ratio to runc'],
@@ -283,6 +336,10 @@ async function measureHttp(env: CriEnv, n: number): Promise<Section> {
     '',
     table(refRows),
     `   this machine: ${cpus().length} cores shared by ab, nginx and QEMU; QEMU TCG (no KVM); kata-ts rootfs on virtio-fs.`,
+    '',
+    `   where the time goes: nginx without access log, one ab -k -c ${AB_CONCURRENCY} -n ${DIAG_REQUESTS} -t ${DIAG_SECONDS} run per path, req/s`,
+    table(diagRows),
+    ...variants.filter((v) => results[v.key]!.diagError).map((v) => `   ${v.key} diagnostic error: ${results[v.key]!.diagError}`),
   ].join('\n');
   const json = {
     command: `ab -k -c ${AB_CONCURRENCY} -n ${AB_REQUESTS} -t ${AB_SECONDS}`,
@@ -292,6 +349,9 @@ async function measureHttp(env: CriEnv, n: number): Promise<Section> {
     samples: Object.fromEntries(variants.map((v) => [v.key, results[v.key]!.samples])),
     errors: Object.fromEntries(variants.filter((v) => results[v.key]!.error).map((v) => [v.key, results[v.key]!.error])),
     published: { ...PUBLISHED, note: 'from the issue: 4-vCPU pod on a hard disk' },
+    diagnosticReqPerSec: Object.fromEntries(
+      DIAG_PATHS.map(([path]) => [path, { runc: round(diag('runc', path), 1), kata: round(diag('kata', path), 1) }]),
+    ),
   };
   return { text, json, measured: variants.some((v) => results[v.key]!.samples.length > 0) };
 }

@@ -79,12 +79,14 @@ for i in $(seq "$PODS"); do
 done
 if [ "$BUSY" -gt 0 ]; then
   echo "keeping the pods busy for ${BUSY}s"
+  busy_pids=()
   for id in "${IDS[@]}"; do
     ctr_ task exec --exec-id busy "$id" sh -c "end=\$((\$(date +%s) + $BUSY)); while [ \$(date +%s) -lt \$end ]; do
       find / -xdev >/dev/null 2>&1; ls -lR /proc/self /sys/class >/dev/null 2>&1; ps >/dev/null;
       dd if=/dev/zero of=/tmp/f bs=1M count=32 2>/dev/null; md5sum /tmp/f >/dev/null; rm -f /tmp/f; done" &
+    busy_pids+=($!)
   done
-  wait
+  wait "${busy_pids[@]}"
 fi
 echo "settling ${SETTLE}s"
 sleep "$SETTLE"

@@ -43,4 +43,5 @@ install -d /usr/share/defaults/kata-containers
 install -m 0644 config/configuration-qemu.toml /usr/share/defaults/kata-containers/configuration.toml
 ln -sf "$repo/bin/kata-runtime" /usr/local/bin/kata-runtime
 ln -sf "$repo/bin/containerd-shim-kata-v2" /usr/local/bin/containerd-shim-kata-v2
+ln -sf "$repo/bin/kata-monitor" /usr/local/bin/kata-monitor
 log "ready: $(command -v kata-runtime), $(command -v containerd-shim-kata-v2)"

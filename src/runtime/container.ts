@@ -56,6 +56,9 @@ export class Container {
   ) {
     this.sm = new StateMachine(`container ${id}`, 'created', CONTAINER_TRANSITIONS);
     this.init = new Process(agent, id, id, spec.process?.terminal ?? false, stdio, log);
+    // The agent holds the init process from CreateContainer on; copying its output from now means a fast
+    // process's exit is never reported before its output.
+    this.init.attachOutput();
     this.init.wait().then(
       () => {
         if (!this.sm.is('stopped')) this.sm.to('stopped');
@@ -133,7 +136,8 @@ export class Container {
   async start(): Promise<void> {
     this.sm.require('start', 'created');
     await this.agent.call('StartContainer', { containerId: this.id });
-    this.sm.to('running');
+    // A process that already ran to completion leaves the container stopped, not running.
+    if (this.sm.is('created')) this.sm.to('running');
     this.init.started();
   }
 

@@ -23,6 +23,7 @@ const READ_CHUNK = 32 * 1024;
  */
 export class ProcessIo {
   private outputsDone?: Promise<void>;
+  private inputStarted = false;
   private stopped = false;
   private readonly abort = new AbortController();
 
@@ -36,15 +37,22 @@ export class ProcessIo {
   ) {}
 
   /**
-   * Starts copying; call once the agent knows the process (after CreateContainer for an init process, after
-   * ExecProcess for an exec). Output the process wrote before is buffered by the agent, so nothing is lost.
+   * Starts copying output; call once the agent knows the process (after CreateContainer for an init process,
+   * after ExecProcess for an exec). What the process wrote before is buffered by the agent: nothing is lost.
    */
-  start(): void {
+  startOutput(): void {
     if (this.outputsDone) return;
     const pumps = [this.pumpOut('ReadStdout', this.stdio.stdout)];
     if (!this.terminal) pumps.push(this.pumpOut('ReadStderr', this.stdio.stderr));
     this.outputsDone = Promise.all(pumps).then(() => undefined);
-    if (this.stdio.stdin) void this.pumpIn(this.stdio.stdin);
+  }
+
+  /** Starts forwarding stdin; call once the process runs. */
+  startInput(): void {
+    if (this.stdio.stdin && !this.inputStarted) {
+      this.inputStarted = true;
+      void this.pumpIn(this.stdio.stdin);
+    }
   }
 
   /** Resolves when both output streams reached EOF (or the copy was stopped). */

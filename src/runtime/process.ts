@@ -37,10 +37,19 @@ export class Process {
     return this.exitInfo;
   }
 
-  /** Marks the process running (after StartContainer / ExecProcess succeeded) and starts the stdio copy. */
+  /** Starts copying output: the agent knows the process (init: after CreateContainer; exec: after ExecProcess). */
+  attachOutput(): void {
+    this.io.startOutput();
+  }
+
+  /**
+   * Marks the process running (after StartContainer / ExecProcess succeeded) and starts the stdio copy. A fast
+   * process may already have been seen to exit: it stays exited.
+   */
   started(): void {
-    this.sm.to('running');
-    this.io.start();
+    if (this.sm.is('created')) this.sm.to('running');
+    this.io.startOutput();
+    this.io.startInput();
   }
 
   /**
