@@ -280,12 +280,15 @@ write_config() {
 merger() { node "$MERGER" "$@"; }
 
 WORK=$(mktemp -d /tmp/kata-deploy.XXXXXX)
-trap 'rm -rf "$WORK"' EXIT
+trap 'record_partial; rm -rf "$WORK"' EXIT
 
-install_config() {
-  local cfg=$CONTAINERD_CONFIG work=$WORK base merged report existed="" backup=$BACKUPS/containerd-config.toml
-  base=$work/base.toml
-  merged=$work/merged.toml
+# Computes the containerd config install writes ($WORK/merged.toml) from the config as it was before install
+# ($WORK/base.toml), without changing anything yet: a config that cannot be merged stops install before it
+# places any file.
+CFG_EXISTED=
+CFG_REPORT=
+prepare_config() {
+  local cfg=$CONTAINERD_CONFIG work=$WORK base=$WORK/base.toml merged=$WORK/merged.toml existed
   if [ -n "$OLD_CONFIG" ]; then
     local _k opath oexisted osha obackup
     IFS=$TAB read -r _k opath oexisted osha obackup <<<"$OLD_CONFIG"
@@ -310,12 +313,20 @@ install_config() {
     existed=no
     : >"$base"
   fi
-  report=$(merger merge "$SNIPPET" "$base" "$merged") || die "could not merge deploy/containerd-kata.toml into $cfg (nothing was changed there)"
+  CFG_REPORT=$(merger merge "$SNIPPET" "$base" "$merged") ||
+    die "could not merge deploy/containerd-kata.toml into $cfg: nothing was installed"
+  CFG_EXISTED=$existed
   # shellcheck disable=SC2016 # JavaScript, not shell
   node -e '
     const r = JSON.parse(process.argv[1]);
     for (const w of r.warnings) console.error(`kata-deploy: warning: ${w}`);
-  ' "$report"
+  ' "$CFG_REPORT"
+}
+
+# Writes the config prepare_config computed, keeping the config as it was in the backup.
+install_config() {
+  local cfg=$CONTAINERD_CONFIG base=$WORK/base.toml merged=$WORK/merged.toml existed=$CFG_EXISTED
+  local backup=$BACKUPS/containerd-config.toml
   if cmp -s -- "$merged" "$base"; then
     if [ "$existed" = yes ] && [ -f "$cfg" ] && ! cmp -s -- "$cfg" "$base"; then write_config "$base" "$cfg"; fi
     say "present   $cfg (the kata handler is already configured as in deploy/containerd-kata.toml: not recorded)"
@@ -332,7 +343,7 @@ install_config() {
     say "ok        $cfg (merged earlier, up to date)"
   else
     # shellcheck disable=SC2016 # JavaScript, not shell
-    node -e 'console.log(`kata-deploy: containerd config gets ${JSON.parse(process.argv[1]).added.join(", ")}`)' "$report"
+    node -e 'console.log(`kata-deploy: containerd config gets ${JSON.parse(process.argv[1]).added.join(", ")}`)' "$CFG_REPORT"
     write_config "$merged" "$cfg"
     if [ "$existed" = yes ]; then say "merged    $cfg (the original is kept in $backup)"; else say "created   $cfg"; fi
   fi
@@ -351,9 +362,26 @@ restart_note() {
   fi
 }
 
+# If install fails half-way, what it did so far (and what earlier installs did) is still recorded.
+INSTALLING=0
+record_partial() {
+  [ "$INSTALLING" = 1 ] || return 0
+  INSTALLING=0
+  local line kind path have=" "
+  for line in "${NEW[@]}"; do IFS=$TAB read -r kind path _ <<<"$line"; have+="$kind:$path "; done
+  for line in "${OLD[@]}"; do
+    IFS=$TAB read -r kind path _ <<<"$line"
+    case "$have" in *" $kind:$path "*) ;; *) NEW+=("$line") ;; esac
+  done
+  [ ${#NEW[@]} -eq 0 ] || write_manifest || true
+  warn "install did not finish: what it added so far is recorded in $MANIFEST (uninstall removes it)"
+}
+
 cmd_install() {
   require_built
   load_manifest
+  prepare_config
+  INSTALLING=1
   # Directories created by earlier installs stay recorded while they exist.
   local line kind dst src
   for line in "${OLD[@]}"; do
@@ -374,6 +402,7 @@ cmd_install() {
   if [ "$recorded" = 1 ] || [ -f "$MANIFEST" ]; then
     write_manifest
   fi
+  INSTALLING=0
   say "installed under $ROOT (record: $MANIFEST)"
   restart_note "load the kata runtime handler"
 }

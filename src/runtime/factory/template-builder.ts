@@ -137,7 +137,7 @@ async function warmUp(agent: AgentClient): Promise<void> {
   await agent.call('ReseedRandomDev', { data: randomBytes(64) });
   await agent.call('SetGuestDateTime', { Sec: Math.floor(now / 1000), Usec: (now % 1000) * 1000 });
   await agent.call('CreateSandbox', {
-    hostname: 'kata-template',
+    hostname: '',
     dns: [],
     storages: [
       {
