@@ -163,9 +163,12 @@ export class Sandbox {
       const storage = shareFs.guestStorage();
       const now = Date.now();
       await agent.call('ReseedRandomDev', { data: randomBytes(64) });
-      await agent.call('SetGuestDateTime', { Sec: Math.floor(now / 1000), Usec: (now % 1000) * 1000 }).catch((err) =>
-        log.warn({ err }, 'setting guest clock failed'),
-      );
+      if (started.origin === 'template') {
+        // A clone wakes up with its template's clock; a cold boot read the RTC moments ago.
+        await agent.call('SetGuestDateTime', { Sec: Math.floor(now / 1000), Usec: (now % 1000) * 1000 }).catch((err) =>
+          log.warn({ err }, 'setting guest clock failed'),
+        );
+      }
       if (net) {
         for (const i of net.interfaces) await agent.call('UpdateInterface', { interface: i });
         await agent.call('UpdateRoutes', { routes: { Routes: net.routes } });

@@ -195,8 +195,17 @@ describe('scripts/kata-deploy.sh', () => {
     assert.equal(kata.runtime_type, 'io.containerd.kata.v2');
     assert.deepEqual(kata.pod_annotations, ['io.katacontainers.*']);
     assert.deepEqual(kata.options, { ConfigPath: '/usr/share/defaults/kata-containers/configuration.toml' });
-    const keptLines = mergedText.split('\n').filter((l) => !/kata|restrict_oom_score_adj/.test(l) && l !== '');
-    assert.deepEqual(keptLines, original.split('\n').filter((l) => !/kata/.test(l) && l !== ''));
+    // Every addition is a block of whole lines between marker comments; outside them the text is the original
+    // (plus the final newline it lacked).
+    const outside: string[] = [];
+    let inBlock = false;
+    for (const line of mergedText.split('\n')) {
+      if (line.startsWith('# >>> kata-ts')) inBlock = true;
+      else if (line === '# <<< kata-ts') inBlock = false;
+      else if (!inBlock) outside.push(line);
+    }
+    assert.equal(outside.join('\n'), `${original}\n`);
+    assert.equal((mergedText.match(/^# >>> kata-ts/gm) ?? []).length, 2, 'one block in [plugins."io.containerd.grpc.v1.cri"], one at the end');
     assert.equal(lstatSync(cfgPath).mode & 0o777, 0o640, 'the config keeps its mode');
 
     // Install again: nothing is rewritten.
