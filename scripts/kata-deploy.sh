@@ -164,8 +164,12 @@ write_manifest() {
     for line in "${NEW[@]}"; do case "$line" in dir"$TAB"*) printf '%s\n' "$line" ;; esac; done
     for line in "${NEW[@]}"; do case "$line" in dir"$TAB"*) ;; *) printf '%s\n' "$line" ;; esac; done
   } >"$tmp"
-  chmod 0644 "$tmp"
-  mv -f "$tmp" "$MANIFEST"
+  if cmp -s -- "$tmp" "$MANIFEST"; then
+    rm -f -- "$tmp"
+  else
+    chmod 0644 "$tmp"
+    mv -f -- "$tmp" "$MANIFEST"
+  fi
 }
 
 # Creates DIR and its missing parents, recording each one created (parents first).
@@ -334,7 +338,7 @@ install_config() {
     return
   fi
   ensure_dir "$(dirname "$cfg")"
-  if [ "$existed" = yes ]; then
+  if [ "$existed" = yes ] && ! cmp -s -- "$base" "$backup"; then
     ensure_dir "$BACKUPS"
     write_config "$base" "$backup"
     chmod 0600 "$backup"
