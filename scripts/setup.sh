@@ -11,7 +11,7 @@ if [ "$(id -u)" != 0 ]; then echo "setup must run as root (it installs packages 
 apt_packages=(
   qemu-system-x86 qemu-utils containerd crun runc busybox-static protobuf-compiler cpio xz-utils zstd
   iproute2 e2fsprogs kmod containernetworking-plugins binutils libc6-dev gcc g++ make python3 util-linux
-  procps psmisc file ca-certificates
+  procps psmisc file ca-certificates apache2-utils iperf3
 )
 missing=()
 for p in "${apt_packages[@]}"; do
