@@ -77,7 +77,7 @@ export class GuestContainer {
    */
   async start(timeoutMs = 30_000): Promise<void> {
     const init = this.init;
-    init.start(this.crun.binary, this.crun.runArgs(this.bundleDir, this.id, this.pidFile(this.id)), CRUN_ENV);
+    await init.start(this.crun.binary, this.crun.runArgs(this.bundleDir, this.id, this.pidFile(this.id)), CRUN_ENV, this.bundleDir);
     const deadline = Date.now() + timeoutMs;
     let delay = 2;
     while (Date.now() < deadline) {
@@ -105,7 +105,7 @@ export class GuestContainer {
     await writeFile(file, JSON.stringify(proc));
     const p = this.newProcess(execId, proc.terminal ?? false, proc);
     this.processes.set(execId, p);
-    p.start(this.crun.binary, this.crun.execArgs(this.id, file, this.pidFile(execId)), CRUN_ENV);
+    await p.start(this.crun.binary, this.crun.execArgs(this.id, file, this.pidFile(execId)), CRUN_ENV, this.bundleDir);
     return p;
   }
 

@@ -2,7 +2,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { createRequire } from 'node:module';
 import { errors } from '../base/errors.js';
 import type { Logger } from '../base/logger.js';
+import type { Socket } from 'node:net';
 import { OutputBuffer } from './output-buffer.js';
+import { makeStdioPipes } from './stdio-pipes.js';
 
 /** The subset of node-pty the agent uses (loaded lazily: only terminal processes need it). */
 interface Pty {
@@ -36,6 +38,7 @@ export class GuestProcess {
   readonly stdout = new OutputBuffer();
   readonly stderr = new OutputBuffer();
   private child?: ChildProcess;
+  private stdinPipe?: Socket;
   private pty?: Pty;
   private status?: number;
   private state: ProcessState = 'created';
@@ -63,7 +66,8 @@ export class GuestProcess {
     return this.status;
   }
 
-  start(file: string, args: string[], env: NodeJS.ProcessEnv): void {
+  /** `fifoDir`: where the stdio FIFOs are made for a moment (see stdio-pipes.ts). */
+  async start(file: string, args: string[], env: NodeJS.ProcessEnv, fifoDir: string): Promise<void> {
     if (this.state !== 'created') {
       throw errors.precondition('KATA_PROCESS_STATE', `process ${this.execId} is ${this.state}, cannot start`);
     }
@@ -86,11 +90,18 @@ export class GuestProcess {
       this.stderr.end();
       return;
     }
-    const child = spawn(file, args, { env, stdio: ['pipe', 'pipe', 'pipe'], detached: false });
+    const pipes = await makeStdioPipes(fifoDir, this.execId);
+    let child: ChildProcess;
+    try {
+      child = spawn(file, args, { env, stdio: pipes.childFds, detached: false });
+    } finally {
+      pipes.closeChildFds();
+    }
     this.child = child;
-    this.stdout.attach(child.stdout!);
-    this.stderr.attach(child.stderr!);
-    child.stdin!.on('error', (err) => this.log.debug({ err, execId: this.execId }, 'stdin closed by process'));
+    this.stdinPipe = pipes.stdin;
+    this.stdout.attach(pipes.stdout);
+    this.stderr.attach(pipes.stderr);
+    pipes.stdin.on('error', (err) => this.log.debug({ err, execId: this.execId }, 'stdin closed by process'));
     child.on('error', (err) => {
       this.log.error({ err, execId: this.execId }, 'spawn failed');
       this.stdout.end();
@@ -108,7 +119,7 @@ export class GuestProcess {
       this.pty.write(data);
       return data.length;
     }
-    const stdin = this.child?.stdin;
+    const stdin = this.stdinPipe;
     if (!stdin || stdin.destroyed) throw errors.precondition('KATA_STDIN_CLOSED', `stdin of ${this.execId} is closed`);
     await new Promise<void>((resolve, reject) => stdin.write(data, (err) => (err ? reject(err) : resolve())));
     return data.length;
@@ -122,7 +133,7 @@ export class GuestProcess {
       this.pty.write('\x04');
       return;
     }
-    this.child?.stdin?.end();
+    this.stdinPipe?.end();
   }
 
   resize(rows: number, columns: number): void {

@@ -246,8 +246,12 @@ export class VirtioFs implements ShareFs {
     await writeFile(this.pidPath, `${child.pid}\n`, { mode: 0o600 });
     child.once('exit', (code, sig) => {
       if (this.stopping) return;
+      // A clean exit is virtiofsd following QEMU out (the VM stopped first); anything else is a failure.
       void tail(this.logPath).then((out) =>
-        this.log.warn({ pid: child.pid, code, signal: sig, stderr: out }, 'virtiofsd exited while the sandbox runs'),
+        (code === 0 ? this.log.debug.bind(this.log) : this.log.warn.bind(this.log))(
+          { pid: child.pid, code, signal: sig, stderr: out },
+          'virtiofsd exited while the sandbox runs',
+        ),
       );
     });
     this.log.info({ pid: child.pid, socket: this.socketPath, cache: this.cache }, 'virtiofsd started');
