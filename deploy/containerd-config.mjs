@@ -4,10 +4,13 @@
 // describes the kata handler a config sets.
 //
 //   containerd-config.mjs merge SNIPPET CONFIG OUT   writes CONFIG (missing = empty) merged with SNIPPET to OUT;
-//                                                   prints a JSON report: {version, changed, added, warnings}
+//                                                   prints the keys it added (one line, comma separated),
+//                                                   warnings on stderr
 //   containerd-config.mjs strip CONFIG OUT          writes CONFIG without the blocks `merge` added to OUT;
-//                                                   prints {blocks}
-//   containerd-config.mjs show SNIPPET CONFIG       prints {version, handler, expected, matches, marked}
+//                                                   prints how many blocks it removed
+//   containerd-config.mjs status SNIPPET CONFIG [recorded]
+//                                                   prints (for kata-deploy.sh status) whether CONFIG has the
+//                                                   handler and settings of SNIPPET; exit 0 when it has
 //
 // Every piece `merge` adds is one block of whole lines between two marker comments (BEGIN and END below),
 // either right after the header of a table the config already defines, or appended at the end. `strip`
@@ -16,7 +19,7 @@
 // is left alone, a different one is reported (and, for the runtime handler itself, refused).
 // Both results are checked by parsing them (smol-toml, TOML 1.0): the merged config must parse to the
 // original plus exactly the added keys, the stripped one must parse; otherwise nothing is written.
-// Exit status: 0 done, 1 conflict or unparsable config (the message says what to do), 2 usage.
+// Exit status: 0 done, 1 conflict or unparsable config (the message says what to do; status: differs), 2 usage.
 import { existsSync, readFileSync, realpathSync, writeFileSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { parse } from 'smol-toml';
@@ -385,52 +388,75 @@ function readConfig(path) {
   return existsSync(path) ? readFileSync(path, 'utf8') : '';
 }
 
+const say = (line) => process.stdout.write(`${line}\n`);
+const warn = (line) => process.stderr.write(`kata-deploy: warning: ${line}\n`);
+
+/** Prints what the config says about the handler and the snippet's other settings; true when all match. */
+function status(snippetText, configText, cfgPath, recorded) {
+  const snippetAll = parseOrFail(snippetText, 'the snippet');
+  const config = parseOrFail(configText, `${cfgPath}`);
+  const snippet = snippetFor(snippetAll, versionOf(config));
+  const groups = groupsOf(snippet);
+  const handlerPath = groups.map((g) => handlerPathOf(g.path)).find(Boolean);
+  const line = (state, text) => say(`  ${state.padEnd(9)} ${text}`);
+  const marked = strip(configText).blocks;
+  const how = recorded ? 'merged by kata-deploy' : marked ? 'has kata-deploy blocks but no record' : 'not merged by kata-deploy';
+  let ok = true;
+  if (handlerPath) {
+    const handler = getPath(config, handlerPath);
+    const matches = handler !== undefined && same(handler, getPath(snippet, handlerPath));
+    if (handler === undefined) line('MISSING', `${cfgPath}: no [${headerOf(handlerPath)}] (${how})`);
+    else {
+      line(matches ? 'ok' : 'DIFFERENT', `${cfgPath}: kata handler ${matches ? 'as in' : 'differs from'} deploy/containerd-kata.toml (${how})`);
+      const h = isTable(handler) ? handler : {};
+      say(
+        `            runtime_type=${h.runtime_type} ConfigPath=${getPath(h, ['options', 'ConfigPath']) ?? '(none)'} ` +
+          `pod_annotations=${JSON.stringify(h.pod_annotations ?? [])}`,
+      );
+    }
+    ok &&= matches;
+  }
+  for (const g of groups.filter((x) => !handlerPathOf(x.path))) {
+    for (const [k, v] of g.entries) {
+      const actual = getPath(config, [...g.path, k]);
+      const matches = actual !== undefined && same(actual, v);
+      const key = `${headerOf(g.path)}.${tomlKey(k)}`;
+      line(
+        matches ? 'ok' : 'DIFFERENT',
+        `${cfgPath}: ${key} ${actual === undefined ? 'is not set' : `= ${tomlValue(actual)}`}` +
+          (matches ? '' : ` (deploy/containerd-kata.toml: ${tomlValue(v)})`),
+      );
+      ok &&= matches;
+    }
+  }
+  return ok;
+}
+
 function main(argv) {
   const [cmd, ...args] = argv;
   try {
     if (cmd === 'merge' && args.length === 3) {
       const r = merge(readFileSync(args[0], 'utf8'), readConfig(args[1]));
       writeFileSync(args[2], r.text);
-      process.stdout.write(JSON.stringify({ version: r.version, changed: r.changed, added: r.added, warnings: r.warnings }) + '\n');
+      for (const w of r.warnings) warn(w);
+      say(r.added.join(', '));
       return 0;
     }
     if (cmd === 'strip' && args.length === 2) {
       const r = strip(readConfig(args[0]));
       if (r.blocks > 0) parseOrFail(r.text, 'the config without the kata-deploy blocks');
       writeFileSync(args[1], r.text);
-      process.stdout.write(JSON.stringify({ blocks: r.blocks }) + '\n');
+      say(String(r.blocks));
       return 0;
     }
-    if (cmd === 'show' && args.length === 2) {
-      const snippetAll = parseOrFail(readFileSync(args[0], 'utf8'), 'the snippet');
-      const text = readConfig(args[1]);
-      const config = parseOrFail(text, 'the containerd config');
-      const version = versionOf(config);
-      const snippet = snippetFor(snippetAll, version);
-      const handlerGroup = groupsOf(snippet).map((g) => handlerPathOf(g.path)).find(Boolean);
-      const handler = handlerGroup ? getPath(config, handlerGroup) : undefined;
-      const expected = handlerGroup ? getPath(snippet, handlerGroup) : undefined;
-      const others = groupsOf(snippet)
-        .filter((g) => !handlerPathOf(g.path))
-        .flatMap((g) => g.entries.map(([k, v]) => ({ key: `${headerOf(g.path)}.${tomlKey(k)}`, expected: v, actual: getPath(config, [...g.path, k]) })));
-      process.stdout.write(
-        JSON.stringify({
-          version,
-          handlerTable: handlerGroup ? headerOf(handlerGroup) : null,
-          handler: handler ?? null,
-          expected: expected ?? null,
-          matches: handler !== undefined && same(handler, expected),
-          settings: others.map((o) => ({ ...o, actual: o.actual ?? null, matches: same(o.actual, o.expected) })),
-          marked: strip(text).blocks,
-        }) + '\n',
-      );
-      return 0;
+    if (cmd === 'status' && (args.length === 2 || args.length === 3)) {
+      return status(readFileSync(args[0], 'utf8'), readConfig(args[1]), args[1], args[2] === 'recorded') ? 0 : 1;
     }
   } catch (err) {
     if (err instanceof Conflict) fail(err.message);
     throw err;
   }
-  process.stderr.write('usage: containerd-config.mjs merge SNIPPET CONFIG OUT | strip CONFIG OUT | show SNIPPET CONFIG\n');
+  process.stderr.write('usage: containerd-config.mjs merge SNIPPET CONFIG OUT | strip CONFIG OUT | status SNIPPET CONFIG [recorded]\n');
   return 2;
 }
 

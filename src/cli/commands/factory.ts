@@ -54,6 +54,10 @@ export function formatStatus(s: TemplateStatus): string[] {
       out.push(`- ${t.dir}: build in progress (or abandoned), memory ${fmtMiB(t.memoryAllocatedBytes)}`);
       continue;
     }
+    if (!t.meta && t.dir.includes('/.failed-')) {
+      out.push(`- last build failed: ${t.problem}`);
+      continue;
+    }
     const meta = t.meta;
     const fits = meta && meta.key === s.currentKey && !t.problem ? 'matches the current configuration' : 'does NOT match the current configuration';
     out.push(`- ${t.dir}: ${t.problem ? `unusable (${t.problem})` : fits}`);

@@ -12,9 +12,11 @@ export {
 } from './template-key.js';
 export { buildTemplate, templateBuildConfig, type BuildTemplateOptions } from './template-builder.js';
 export {
+  BUILD_RETRY_AFTER_MS,
   TemplateStore,
   TEMPLATE_EXTRA_MIB,
   TEMPLATE_LOCK_DIR,
+  type BuildFailure,
   type DestroyResult,
   type PinResult,
   type PinnedTemplate,

@@ -94,7 +94,7 @@ export async function buildTemplate(
         log,
       });
       try {
-        if (opts.warmUp ?? process.env.KATA_TS_TEMPLATE_WARMUP !== '0') await warmUp(agent);
+        if (opts.warmUp ?? true) await warmUp(agent);
       } finally {
         agent.close();
       }

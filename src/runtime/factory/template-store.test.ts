@@ -6,7 +6,7 @@ import { after, describe, test } from 'node:test';
 import { silentLogger } from '../../base/logger.js';
 import { FileLock } from './file-lock.js';
 import type { TemplateInputs } from './template-key.js';
-import { TemplateStore } from './template-store.js';
+import { BUILD_RETRY_AFTER_MS, TemplateStore } from './template-store.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'kata-ts-tplstore-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -68,6 +68,21 @@ describe('template store (a plain directory, no tmpfs)', () => {
     const removed = await store.prune(KEY_B);
     assert.deepEqual(removed.sort(), [abandoned, store.dirFor(KEY_A)].sort());
     assert.equal((await store.pin(KEY_B)).kind, 'pinned');
+  });
+
+  test('a failed build is remembered for a while, per key, and listed', async () => {
+    const store = new TemplateStore(join(dir, 't4'), silentLogger);
+    mkdirSync(store.root, { recursive: true });
+    assert.equal(await store.recentFailure(KEY_A), undefined);
+    await store.recordFailure(KEY_A, 'agent did not answer');
+    assert.equal((await store.recentFailure(KEY_A))?.reason, 'agent did not answer');
+    assert.equal(await store.recentFailure(KEY_B), undefined);
+    assert.equal(await store.recentFailure(KEY_A, Date.now() + BUILD_RETRY_AFTER_MS + 1), undefined, 'retried after a while');
+    assert.match((await store.list())[0]!.problem!, /failed at .*agent did not answer/);
+    await store.prune(KEY_A);
+    assert.ok(await store.recentFailure(KEY_A), 'kept by a prune for the same key');
+    await store.prune(KEY_B);
+    assert.equal(await store.recentFailure(KEY_A), undefined);
   });
 
   test('the builders lock is exclusive, times out, and is released when its holder goes', async () => {

@@ -18,7 +18,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { chmod, lstat, mkdir, open, readdir, readFile, rename, rm, rmdir, statfs, writeFile, type FileHandle } from 'node:fs/promises';
+import { chmod, lstat, mkdir, open, readdir, readFile, realpath, rename, rm, rmdir, statfs, writeFile, type FileHandle } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import type { Logger } from '../../base/logger.js';
 import { mountFs, unmount } from '../../platform/mount.js';
@@ -79,6 +79,16 @@ export interface TemplateListing {
   stateBytes?: number;
   problem?: string;
 }
+
+/** `.failed-<key>.json`: the last failed build of a key. */
+export interface BuildFailure {
+  key: string;
+  at: string;
+  reason: string;
+}
+
+/** How long a failed build keeps sandboxes of its key on cold boots before one tries again. */
+export const BUILD_RETRY_AFTER_MS = 10 * 60_000;
 
 export interface StoreMount {
   path: string;
@@ -188,7 +198,9 @@ export class TemplateStore {
     } catch {
       return out;
     }
-    const m = (await listMounts()).filter((e) => e.mountPoint === this.root).at(-1);
+    // mountinfo shows resolved paths.
+    const real = await realpath(this.root).catch(() => this.root);
+    const m = (await listMounts()).filter((e) => e.mountPoint === real).at(-1);
     if (m) {
       out.mounted = true;
       out.fsType = m.fsType;
@@ -274,8 +286,13 @@ export class TemplateStore {
       throw err;
     }
     const keep = keepKey ? TemplateStore.dirName(keepKey) : undefined;
+    const keepFailure = keepKey ? basename(this.failurePath(keepKey)) : undefined;
     for (const name of names) {
-      if (name === keep) continue;
+      if (name === keep || name === keepFailure) continue;
+      if (name.startsWith('.failed-')) {
+        await rm(join(this.root, name), { force: true });
+        continue;
+      }
       if (!name.startsWith('tpl-') && !name.startsWith('.build-')) continue;
       const dir = join(this.root, name);
       if (name.startsWith('.build-')) killAbandonedBuilder(dir, this.log);
@@ -284,6 +301,33 @@ export class TemplateStore {
     }
     if (removed.length > 0) this.log.info({ removed }, 'templates removed');
     return removed;
+  }
+
+  private failurePath(key: string): string {
+    return join(this.root, `.failed-${key.slice(0, 16)}.json`);
+  }
+
+  /**
+   * Remembers that building `key` failed, so that starts in the next `BUILD_RETRY_AFTER_MS` boot cold at once
+   * instead of each waiting for a build that fails again. Under the lock.
+   */
+  async recordFailure(key: string, reason: string): Promise<void> {
+    const f: BuildFailure = { key, at: new Date().toISOString(), reason };
+    await writeFile(this.failurePath(key), JSON.stringify(f) + '\n').catch((err) => this.log.warn({ err }, 'cannot record the template build failure'));
+  }
+
+  /** The last build failure of `key` if it is recent enough to skip building. */
+  async recentFailure(key: string, now = Date.now()): Promise<BuildFailure | undefined> {
+    try {
+      const f = JSON.parse(await readFile(this.failurePath(key), 'utf8')) as BuildFailure;
+      return f.key === key && now - Date.parse(f.at) < BUILD_RETRY_AFTER_MS ? f : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  async clearFailure(key: string): Promise<void> {
+    await rm(this.failurePath(key), { force: true });
   }
 
   /** Removes the template of `key` (found invalid). Under the lock. */
@@ -301,6 +345,15 @@ export class TemplateStore {
     }
     const out: TemplateListing[] = [];
     for (const name of names) {
+      if (name.startsWith('.failed-')) {
+        try {
+          const f = JSON.parse(await readFile(join(this.root, name), 'utf8')) as BuildFailure;
+          out.push({ dir: join(this.root, name), building: false, problem: `build of key ${f.key.slice(0, 16)} failed at ${f.at}: ${f.reason}` });
+        } catch {
+          // being written or removed
+        }
+        continue;
+      }
       if (!name.startsWith('tpl-') && !name.startsWith('.build-')) continue;
       const dir = join(this.root, name);
       const item: TemplateListing = { dir, building: name.startsWith('.build-') };

@@ -16,11 +16,13 @@ import type { RuntimeConfig } from '../config/types.js';
 import { coldBoot, type StartedVm, type VmSource } from '../vm-source.js';
 import { buildTemplate } from './template-builder.js';
 import { templateIneligibility, templateKey } from './template-key.js';
-import { TemplateStore, type PinnedTemplate, type TemplateMeta } from './template-store.js';
+import { BUILD_RETRY_AFTER_MS, TemplateStore, type PinnedTemplate, type TemplateMeta } from './template-store.js';
 
 export interface TemplateVmSourceOptions {
   /** Passed to the builder (time for the template's agent to see the host disconnect). */
   settleMs?: number;
+  /** Passed to the builder (run a sandbox start's agent calls once in the template; default true). */
+  warmUp?: boolean;
 }
 
 /** Extra time for pausing and saving the template, on top of boot and agent timeouts. */
@@ -39,7 +41,7 @@ export async function obtainTemplate(
   vmConfig: VmConfig,
   config: RuntimeConfig,
   hypervisors: HypervisorFactory,
-  opts: { signal?: AbortSignal; settleMs?: number },
+  opts: { signal?: AbortSignal; settleMs?: number; warmUp?: boolean; retryFailedBuild?: boolean },
   log: Logger,
 ): Promise<{ template: PinnedTemplate; built: boolean }> {
   const { key, inputs } = templateKey(vmConfig);
@@ -53,24 +55,36 @@ export async function obtainTemplate(
     // Someone else may have built it while we waited for the lock.
     const again = await store.pin(key);
     if (again.kind === 'pinned') return { template: again.template, built: false };
+    const failed = opts.retryFailedBuild ? undefined : await store.recentFailure(key);
+    if (failed) {
+      throw errors.unavailable('KATA_TEMPLATE_BUILD_FAILED', `building the template failed at ${failed.at} (retried after ${BUILD_RETRY_AFTER_MS / 60_000} min, or by factory init): ${failed.reason}`);
+    }
     if (again.kind === 'invalid') log.warn({ reason: again.reason, key }, 'template unusable; rebuilding it');
     // One template per path: older ones (other configurations) go; clones of them keep running.
-    await store.prune();
+    await store.prune(key);
+    await store.remove(key);
     await store.prepare(vmConfig.memoryMiB);
-    await buildTemplate(
-      store,
-      key,
-      inputs,
-      vmConfig,
-      hypervisors,
-      {
-        bootTimeoutMs: config.hypervisor.bootTimeoutSec * 1000,
-        dialTimeoutMs: config.agent.dialTimeoutSec * 1000,
-        settleMs: opts.settleMs,
-        signal: opts.signal,
-      },
-      log,
-    );
+    try {
+      await buildTemplate(
+        store,
+        key,
+        inputs,
+        vmConfig,
+        hypervisors,
+        {
+          bootTimeoutMs: config.hypervisor.bootTimeoutSec * 1000,
+          dialTimeoutMs: config.agent.dialTimeoutSec * 1000,
+          settleMs: opts.settleMs,
+          warmUp: opts.warmUp,
+          signal: opts.signal,
+        },
+        log,
+      );
+    } catch (err) {
+      if (!isKind(err, 'Cancelled')) await store.recordFailure(key, (err as Error).message);
+      throw err;
+    }
+    await store.clearFailure(key);
     const built = await store.pin(key);
     if (built.kind !== 'pinned') {
       throw errors.internal('KATA_TEMPLATE_BROKEN', `template ${key.slice(0, 16)} unusable right after building it: ${built.kind === 'invalid' ? built.reason : 'missing'}`);
@@ -110,7 +124,7 @@ export function templateVmSource(hypervisors: HypervisorFactory, options: Templa
 
       let template: PinnedTemplate;
       try {
-        ({ template } = await obtainTemplate(vmConfig, config, hypervisors, { signal: opts.signal, settleMs: options.settleMs }, log));
+        ({ template } = await obtainTemplate(vmConfig, config, hypervisors, { signal: opts.signal, settleMs: options.settleMs, warmUp: options.warmUp }, log));
       } catch (err) {
         if (isKind(err, 'Cancelled')) throw err;
         log.warn({ err }, 'no VM template');

@@ -67,7 +67,7 @@ export async function initTemplate(
   const vmConfig = sandboxVmConfigFor(config, accel);
   const why = templateIneligibility(vmConfig);
   if (why) throw errors.precondition('KATA_TEMPLATE_UNSUPPORTED', `VM templates cannot be used: ${why}`);
-  const { template, built } = await obtainTemplate(vmConfig, config, hypervisors, opts, log);
+  const { template, built } = await obtainTemplate(vmConfig, config, hypervisors, { ...opts, retryFailedBuild: true }, log);
   await template.release();
   return { meta: template.meta, dir: template.dir, built };
 }
