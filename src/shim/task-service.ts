@@ -262,6 +262,8 @@ export class TaskService {
         r.rootfs.map((m) => ({ type: m.type, source: m.source, options: m.options })),
         rootfsDir,
       );
+      // The client's fifos first: a missing one fails the create before a VM is booted for nothing.
+      const hostStdio = await init.openStdio();
       if (identity.type !== 'pod_container') {
         const loaded = await loadConfig(findConfigFile({ explicitPath: configPathOf(r.options), env: process.env }));
         const config = sizeSandbox(applyAnnotations(loaded, spec.annotations ?? {}), spec.annotations);
@@ -281,7 +283,6 @@ export class TaskService {
         this.forwardOomEvents(createdSandbox);
       }
       if (r.terminal && spec.process) spec.process.terminal = true;
-      const hostStdio = await init.openStdio();
       const container = await this.sandbox!.createContainer({ containerId: id, spec, hostRootfs: rootfsDir, stdio: hostStdio });
       this.tasks.set(id, { id, bundle: r.bundle, identity, rootfsMounted, container, init, execs: new Map() });
       await this.persist();
