@@ -26,7 +26,7 @@ await build({
   platform: 'node',
   target: 'node20',
   format: 'esm',
-  minify: false,
+  minify: true,
   legalComments: 'none',
   banner: { js: 'import { createRequire as __kataCreateRequire } from "node:module"; const require = __kataCreateRequire(import.meta.url);' },
   logLevel: 'warning',
