@@ -43,6 +43,8 @@ export interface SandboxTimings {
   guestInitUptimeS?: number;
   guestAgentUptimeS?: number;
   vmOrigin?: StartedVm['origin'];
+  /** Why a configured template was not used. */
+  vmFallbackReason?: string;
 }
 
 /**
@@ -124,6 +126,7 @@ export class Sandbox {
       const hv = started.hypervisor;
       timings.vmRunningMs = performance.now() - t0;
       timings.vmOrigin = started.origin;
+      timings.vmFallbackReason = started.fallbackReason;
       if (started.fallbackReason) log.warn({ reason: started.fallbackReason }, 'VM template not used: cold boot');
 
       // 3. The agent: give up as soon as the VM exits.
