@@ -1,18 +1,18 @@
+import { randomBytes } from 'node:crypto';
 import { mkdir, rm } from 'node:fs/promises';
-import { join } from 'node:path';
 import { CleanupStack } from '../base/cleanup.js';
 import { errors, KataError, wrapError } from '../base/errors.js';
 import { checkId } from '../base/ids.js';
 import type { Logger } from '../base/logger.js';
 import { AgentClient } from '../agent-client/agent-client.js';
-import { randomBytes } from 'node:crypto';
-import type { Hypervisor, VmConfig, VmDevice } from '../hypervisor/hypervisor.js';
+import type { Hypervisor, VmDevice } from '../hypervisor/hypervisor.js';
 import { createPodNetwork, type PodNetworkResult } from '../resource/network/pod-network.js';
 import type { ShareFs } from '../resource/sharefs/share-fs.js';
 import type { RuntimeConfig } from './config/types.js';
 import { Container, GUEST_SANDBOX_SHM, type CreateContainerOptions } from './container.js';
 import { sandboxStateDir, vmDir, type RuntimePaths } from './paths.js';
 import { SANDBOX_TRANSITIONS, StateMachine, type SandboxState } from './state-machine.js';
+import { sandboxVmConfig } from './vm-config.js';
 import type { StartedVm, VmSource } from './vm-source.js';
 
 /** What a sandbox needs from outside: drivers are injected so other hypervisors and share kinds fit. */
@@ -112,7 +112,8 @@ export class Sandbox {
       }
 
       // 2. The VM: booted cold or cloned from a template; either way it runs when this returns.
-      const vmConfig = { ...(await buildVmConfig(sandboxId, dir, config, devices, deps, log)), netnsPath: net ? opts.netnsPath : undefined };
+      const accel = await deps.resolveAccel(config, log);
+      const vmConfig = { ...sandboxVmConfig(sandboxId, dir, config, devices, accel), netnsPath: net ? opts.netnsPath : undefined };
       const started = await deps.vmSource.start(
         vmConfig,
         config,
@@ -278,41 +279,6 @@ export class Sandbox {
       throw errors.internal('KATA_TEARDOWN', `teardown of sandbox ${this.id}: ${failures.map((f) => f.message).join('; ')}`);
     }
   }
-}
-
-async function buildVmConfig(
-  sandboxId: string,
-  dir: string,
-  config: RuntimeConfig,
-  devices: VmDevice[],
-  deps: SandboxDeps,
-  log: Logger,
-): Promise<VmConfig> {
-  const hv = config.hypervisor;
-  const accel = await deps.resolveAccel(config, log);
-  const params: string[] = [];
-  if (config.agent.enableDebug) params.push('agent.log=debug');
-  params.push(...hv.kernelParams);
-  const needsSharedMemory = devices.some((d) => d.kind === 'virtio-fs');
-  if (config.agent.agentChannel === 'vsock') {
-    throw errors.notImplemented('KATA_CHANNEL_UNSUPPORTED', 'agent_channel = "vsock" is not implemented (no vhost-vsock here)');
-  }
-  return {
-    sandboxId,
-    vmDir: dir,
-    hypervisorPath: hv.path,
-    kernelPath: hv.kernel,
-    initrdPath: hv.initrd,
-    imagePath: hv.image,
-    kernelParams: params,
-    machineType: hv.machineType,
-    accel,
-    vcpus: hv.defaultVcpus,
-    memoryMiB: hv.defaultMemoryMiB,
-    memoryBackend: needsSharedMemory ? { kind: 'memfd' } : { kind: 'anonymous' },
-    agentChannel: { kind: 'virtio-serial', socketPath: join(dir, 'agent.sock') },
-    devices,
-  };
 }
 
 async function guestUptimes(hv: Hypervisor): Promise<Pick<SandboxTimings, 'guestInitUptimeS' | 'guestAgentUptimeS'>> {

@@ -3,9 +3,10 @@
  */
 import { errors } from '../../base/errors.js';
 import type { Logger } from '../../base/logger.js';
-import type { HypervisorFactory, VmConfig } from '../../hypervisor/hypervisor.js';
+import type { HypervisorFactory, VmConfig, VmDevice } from '../../hypervisor/hypervisor.js';
 import { KATA_SHARED_TAG, SHARE_FS_DEVICE_ID } from '../../resource/sharefs/share-fs.js';
 import type { RuntimeConfig } from '../config/types.js';
+import { sandboxVmConfig } from '../vm-config.js';
 import { describeMismatch, templateIneligibility, templateKey } from './template-key.js';
 import { TemplateStore, type DestroyResult, type StoreMount, type TemplateListing, type TemplateMeta } from './template-store.js';
 import { buildBudgetMs, obtainTemplate } from './template-vm-source.js';
@@ -24,26 +25,9 @@ export function sandboxVmConfigFor(config: RuntimeConfig, accel: VmConfig['accel
         'virtio-fs devices cannot be migrated by QEMU 7.2',
     );
   }
-  const params: string[] = [];
-  if (config.agent.enableDebug) params.push('agent.log=debug');
-  params.push(...hv.kernelParams);
   const vmDir = '/run/vc/vm/factory';
-  return {
-    sandboxId: 'factory',
-    vmDir,
-    hypervisorPath: hv.path,
-    kernelPath: hv.kernel,
-    initrdPath: hv.initrd,
-    imagePath: hv.image,
-    kernelParams: params,
-    machineType: hv.machineType,
-    accel,
-    vcpus: hv.defaultVcpus,
-    memoryMiB: hv.defaultMemoryMiB,
-    memoryBackend: { kind: 'anonymous' },
-    agentChannel: { kind: 'virtio-serial', socketPath: `${vmDir}/agent.sock` },
-    devices: [{ kind: '9p', id: SHARE_FS_DEVICE_ID, hostPath: '/run/kata-containers/shared/sandboxes/factory/shared', tag: KATA_SHARED_TAG, readonly: false }],
-  };
+  const share: VmDevice = { kind: '9p', id: SHARE_FS_DEVICE_ID, hostPath: '/run/kata-containers/shared/sandboxes/factory/shared', tag: KATA_SHARED_TAG, readonly: false };
+  return sandboxVmConfig('factory', vmDir, config, [share], accel);
 }
 
 export interface InitResult {
