@@ -264,15 +264,15 @@ export class Sandbox {
 
   private async stopOnce(): Promise<void> {
     this.sm.to('stopping');
-    // The VM goes away with everything in it, so there is no guest-side teardown to wait for (Kata's
-    // RemoveContainer/DestroySandbox cost a second or more under TCG): stop the VM, then undo each
-    // container's host side (its shares), then the sandbox's.
-    this.agent.close();
-    await this.hypervisor.stop({ timeoutMs: 3_000 }).catch((err) => this.log.warn({ err }, 'stop VM'));
     for (const c of [...this.containers.values()]) {
-      await c.delete({ agentAlive: false }).catch((err) => this.log.warn({ err }, 'delete container'));
+      await c.delete({ agentAlive: this.agentAlive }).catch((err) => this.log.warn({ err }, 'delete container'));
     }
     this.containers.clear();
+    if (this.agentAlive) {
+      await this.agent.call('DestroySandbox', {}, { timeoutMs: 5_000 }).catch((err) => this.log.debug({ err }, 'destroy sandbox'));
+    }
+    this.agent.close();
+    await this.hypervisor.stop({ timeoutMs: 3_000 }).catch((err) => this.log.warn({ err }, 'stop VM'));
     const failures = await this.cleanup.run();
     this.sm.to('stopped');
     if (failures.length > 0) {
