@@ -160,6 +160,8 @@ export class GuestContainer {
       if (!exited) this.init.killLauncher();
     }
     for (const p of this.processes.values()) p.killLauncher();
+    // Whatever the container wrote and the guest still caches goes to the shares before the host undoes them.
+    await run('sync', []).catch((err) => this.log.debug({ err }, 'sync'));
     await this.crun.delete(this.id).catch((err) => this.log.debug({ err }, 'crun delete'));
     await this.cleanupFiles();
   }

@@ -52,7 +52,7 @@ test('guest storage follows the reference', () => {
     driverOptions: [],
     source: 'kataShared',
     fstype: '9p',
-    options: ['trans=virtio', 'version=9p2000.L', 'cache=loose', 'nodev', 'msize=524288'],
+    options: ['trans=virtio', 'version=9p2000.L', 'cache=mmap', 'nodev', 'msize=524288'],
     mountPoint: '/run/kata-containers/shared/containers/',
   });
   const small = createShareFs('virtio-9p', { sandboxId: 's', vmDir: '/tmp/x', msize9p: 8192, cache9p: 'mmap' }, silentLogger);

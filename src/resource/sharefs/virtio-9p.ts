@@ -17,11 +17,12 @@ import {
  */
 export const DEFAULT_MSIZE_9P = 524288;
 /**
- * `loose` rather than Kata's `mmap`: with `mmap` (or `none`) the guest drops its page cache on every open,
- * which PLATFORM.md measured at 1.4 to 1.8 s per run of a 99 MB binary. The price: host-side changes to a
- * shared file may be seen late in the guest.
+ * Kata's `mmap`: writes go through to the host at once. `loose` caches writes in the guest (writeback), so a
+ * container's files could reach the host late, or be lost when the VM stops first; it was measured faster for
+ * big binaries (PLATFORM.md: 1.4 to 1.8 s per run of a 99 MB binary with `mmap`), a cost container images of
+ * ordinary size do not pay at this level. Configurable per share (`cache9p`).
  */
-export const DEFAULT_CACHE_9P = 'loose';
+export const DEFAULT_CACHE_9P = 'mmap';
 
 const CACHE_9P = new Set(['none', 'loose', 'fscache', 'mmap']);
 
