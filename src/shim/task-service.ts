@@ -30,7 +30,6 @@ import { metricsFromAgentStats } from './metrics.js';
 import { mountRootfs, unmountRootfs } from './rootfs.js';
 
 export const TASK_SERVICE = 'containerd.task.v2.Task';
-const PROCESS_SPEC_TYPE = 'types.containerd.io/opencontainers/runtime-spec/1/Process';
 
 interface StdioPaths {
   stdin: string;
@@ -474,4 +473,3 @@ export function configPathOf(options: Any | undefined): string | undefined {
   return path || undefined;
 }
 
-export { PROCESS_SPEC_TYPE };
