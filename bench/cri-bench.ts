@@ -7,7 +7,7 @@ import * as cri from '../src/protocol/gen/cri/api.js';
 import { criMessage } from '../test/helpers/cri-client.js';
 import { CriEnv, type CriPod } from '../test/helpers/cri-env.js';
 import { writeTestConfig } from '../test/helpers/config.js';
-import { fmtMs, median, runs, table } from './stats.js';
+import { fmtMs, median, runs, table, writeResults } from './stats.js';
 
 /**
  * The Kubernetes path, side by side in one run through containerd's CRI plugin and a private CNI bridge:
@@ -565,10 +565,8 @@ async function main(): Promise<number> {
       durationS: Math.round((Date.now() - started) / 1000),
       ...Object.fromEntries(Object.entries(sections).map(([k, s]) => [k, s.json])),
     };
-    const results = new URL('../../bench/results/', import.meta.url).pathname;
     const text = Object.values(sections).map((s) => s.text).join('\n\n');
-    writeFileSync(join(results, 'cri.json'), JSON.stringify(summary, null, 2) + '\n');
-    writeFileSync(join(results, 'cri.md'), `CRI benchmark (BENCH_RUNS=${n}, ${summary.date})\n\n\`\`\`\n${text}\n\`\`\`\n`);
+    writeResults('cri', summary, `CRI benchmark (BENCH_RUNS=${n}, ${summary.date})\n\n\`\`\`\n${text}\n\`\`\`\n`);
   }
   if (!measured) process.stderr.write('cri-bench: nothing could be measured\n');
   return measured ? 0 : 1;

@@ -1,12 +1,12 @@
-import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { makeBundleAt } from '../test/helpers/bundle.js';
 import { hostTscKhz } from '../src/hypervisor/accel.js';
 import { buildQemuArgs } from '../src/hypervisor/qemu/cmdline.js';
 import { loadConfig, findConfigFile } from '../src/runtime/config/load.js';
-import { fmtMs, median, runs, table } from './stats.js';
+import { fmtMs, median, runs, table, timeCommand, writeResults } from './stats.js';
 
 /**
  * The cold sandbox path, side by side in one run:
@@ -15,20 +15,6 @@ import { fmtMs, median, runs, table } from './stats.js';
  *  (c) `runc run` of the same bundle.
  */
 const KATA_RUNTIME = new URL('../../bin/kata-runtime', import.meta.url).pathname;
-
-function time(cmd: string, args: string[], env?: NodeJS.ProcessEnv): Promise<{ ms: number; code: number | null }> {
-  return new Promise((resolve, reject) => {
-    const t0 = performance.now();
-    const p = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'], env: env ?? process.env });
-    let err = '';
-    p.stderr.on('data', (d) => (err += d));
-    p.on('error', reject);
-    p.on('close', (code) => {
-      if (code !== 0) process.stderr.write(`${cmd} exited ${code}: ${err.slice(-2000)}\n`);
-      resolve({ ms: performance.now() - t0, code });
-    });
-  });
-}
 
 async function main(): Promise<void> {
   const n = runs();
@@ -62,14 +48,14 @@ async function main(): Promise<void> {
     const runc: number[] = [];
     const phases: Record<string, number[]> = {};
     for (let i = 0; i < n; i++) {
-      floor.push((await time(hv.path, floorArgs)).ms);
+      floor.push((await timeCommand(hv.path, floorArgs)).ms);
       const tf = join(work, `timings-${i}.json`);
-      const r = await time(KATA_RUNTIME, ['run', '--bundle', bundle, '--timings-file', tf, `bench-${process.pid}-${i}`]);
+      const r = await timeCommand(KATA_RUNTIME, ['run', '--bundle', bundle, '--timings-file', tf, `bench-${process.pid}-${i}`]);
       if (r.code !== 0) throw new Error('kata-runtime run failed');
       kata.push(r.ms);
       const t = JSON.parse(readFileSync(tf, 'utf8')) as Record<string, number>;
       for (const [k, v] of Object.entries(t)) (phases[k] ??= []).push(v);
-      const rr = await time('runc', ['run', '--bundle', bundle, `bench-runc-${process.pid}-${i}`]);
+      const rr = await timeCommand('runc', ['run', '--bundle', bundle, `bench-runc-${process.pid}-${i}`]);
       if (rr.code !== 0) throw new Error('runc run failed');
       runc.push(rr.ms);
     }
@@ -122,9 +108,7 @@ async function main(): Promise<void> {
       ]),
     ].join('\n');
     process.stdout.write(out + '\n');
-    const results = new URL('../../bench/results/', import.meta.url).pathname;
-    writeFileSync(join(results, 'sandbox.json'), JSON.stringify(summary, null, 2) + '\n');
-    writeFileSync(join(results, 'sandbox.md'), '```\n' + out + '\n```\n');
+    writeResults('sandbox', summary, '```\n' + out + '\n```\n');
   } finally {
     spawnSync('sh', ['-c', `runc list -q | grep bench-runc-${process.pid} | xargs -r -n1 runc delete -f`]);
     rmSync(work, { recursive: true, force: true });

@@ -1,10 +1,8 @@
 
 import { execFileSync } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { TestContainerd } from '../test/helpers/containerd.js';
 import { pidsMatching, procMemKb } from './proc-mem.js';
-import { fmtMs, median, runs, table } from './stats.js';
+import { fmtMs, median, runs, table, writeResults } from './stats.js';
 
 /**
  * The containerd path, side by side in one run: `ctr run --rm IMAGE true` with kata-ts and with runc, the raw
@@ -99,9 +97,7 @@ async function main(): Promise<void> {
       ]),
     ].join('\n');
     process.stdout.write(out + '\n');
-    const results = new URL('../../bench/results/', import.meta.url).pathname;
-    writeFileSync(join(results, 'shim.json'), JSON.stringify({ date: new Date().toISOString(), runs: n, medianMs: { kata: mk, runc: mr, floor }, samplesMs: { kata, runc }, memoryPerPod: memory }, null, 2) + '\n');
-    writeFileSync(join(results, 'shim.md'), '```\n' + out + '\n```\n');
+    writeResults('shim', { date: new Date().toISOString(), runs: n, medianMs: { kata: mk, runc: mr, floor }, samplesMs: { kata, runc }, memoryPerPod: memory }, '```\n' + out + '\n```\n');
   } finally {
     await ctd.stop([NS]);
   }

@@ -1,4 +1,4 @@
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,7 +10,7 @@ import { destroyTemplates, TemplateStore, templateStatus } from '../src/runtime/
 import { defaultPaths } from '../src/runtime/paths.js';
 import { Sandbox } from '../src/runtime/sandbox.js';
 import { defaultSpec, makeBundleAt } from '../test/helpers/bundle.js';
-import { fmtMs, median, runs, table } from './stats.js';
+import { fmtMs, median, runs, table, timeCommand, writeResults } from './stats.js';
 
 /**
  * VM templates against cold boots, side by side in one run (configurations differing only in
@@ -23,20 +23,6 @@ import { fmtMs, median, runs, table } from './stats.js';
  */
 const KATA_RUNTIME = new URL('../../bin/kata-runtime', import.meta.url).pathname;
 const MB = 1024 * 1024;
-
-function time(cmd: string, args: string[]): Promise<{ ms: number; code: number | null }> {
-  return new Promise((resolve, reject) => {
-    const t0 = performance.now();
-    const p = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-    let err = '';
-    p.stderr.on('data', (d) => (err += d));
-    p.on('error', reject);
-    p.on('close', (code) => {
-      if (code !== 0) process.stderr.write(`${cmd} exited ${code}: ${err.slice(-2000)}\n`);
-      resolve({ ms: performance.now() - t0, code });
-    });
-  });
-}
 
 /** The default configuration file with `[factory]` and `shared_fs` set, as a new file. */
 function writeConfig(source: string, dir: string, name: string, keys: Record<string, string>): string {
@@ -104,7 +90,7 @@ async function main(): Promise<void> {
     const bundle = join(work, 'bundle');
     await makeBundleAt(bundle, ['true']);
 
-    const init = await time(KATA_RUNTIME, ['--config', tplPath, 'factory', 'init']);
+    const init = await timeCommand(KATA_RUNTIME, ['--config', tplPath, 'factory', 'init']);
     if (init.code !== 0) throw new Error('factory init failed');
     const status = await templateStatus(tplConfig, 'tcg', silentLogger);
     const tpl = status.templates.find((t) => t.meta?.key === status.currentKey);
@@ -114,14 +100,14 @@ async function main(): Promise<void> {
     for (let i = 0; i < n; i++) {
       for (const [variant, cfgPath] of [['cold', coldPath], ['template', tplPath]] as const) {
         const tf = join(work, `timings-${variant}-${i}.json`);
-        const r = await time(KATA_RUNTIME, ['--config', cfgPath, 'run', '--bundle', bundle, '--timings-file', tf, `tb${process.pid}-${variant}-${i}`]);
+        const r = await timeCommand(KATA_RUNTIME, ['--config', cfgPath, 'run', '--bundle', bundle, '--timings-file', tf, `tb${process.pid}-${variant}-${i}`]);
         if (r.code !== 0) throw new Error(`kata-runtime run (${variant}) failed`);
         wall[variant].push(r.ms);
         const t = JSON.parse(readFileSync(tf, 'utf8')) as Record<string, number | string>;
         if (variant === 'template' && t.vmOrigin !== 'template') throw new Error(`template run booted ${String(t.vmOrigin)}`);
         for (const [k, v] of Object.entries(t)) if (typeof v === 'number') (phases[variant][k] ??= []).push(v);
       }
-      const rr = await time('runc', ['run', '--bundle', bundle, `tb-runc-${process.pid}-${i}`]);
+      const rr = await timeCommand('runc', ['run', '--bundle', bundle, `tb-runc-${process.pid}-${i}`]);
       if (rr.code !== 0) throw new Error('runc run failed');
       wall.runc.push(rr.ms);
     }
@@ -204,9 +190,7 @@ async function main(): Promise<void> {
       `  PSS <= 40 MB per idle pod at 10 pods: ${yes(summary.targets.pssAtMost40MBAt10Pods)}`,
     ].join('\n');
     process.stdout.write(out + '\n');
-    const results = new URL('../../bench/results/', import.meta.url).pathname;
-    writeFileSync(join(results, 'template.json'), JSON.stringify(summary, null, 2) + '\n');
-    writeFileSync(join(results, 'template.md'), '```\n' + out + '\n```\n');
+    writeResults('template', summary, '```\n' + out + '\n```\n');
   } finally {
     spawnSync('sh', ['-c', `runc list -q | grep tb-runc-${process.pid} | xargs -r -n1 runc delete -f`]);
     await destroyTemplates(tplConfig, {}, silentLogger).catch((err) => process.stderr.write(`destroy template: ${err}\n`));
