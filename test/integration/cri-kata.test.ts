@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -9,37 +8,12 @@ import * as cri from '../../src/protocol/gen/cri/api.js';
 import { criMessage } from '../helpers/cri-client.js';
 import { CriEnv, type CriHostSnapshot, type CriPod } from '../helpers/cri-env.js';
 import { writeTestConfig } from '../helpers/config.js';
+import { httpGet, retry } from '../helpers/wait.js';
 
 /**
  * The Kubernetes path: containerd's CRI plugin with the RuntimeClass handler `kata`, real CNI (bridge +
  * host-local), kata-ts's shim: pod networking through tc-filter, volumes, sizing, stats, and nothing left.
  */
-
-function httpGet(ip: string, port: number, path: string): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request({ host: ip, port, path, timeout: 5000 }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (d: string) => (body += d));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-    });
-    req.on('timeout', () => req.destroy(new Error('timeout')));
-    req.on('error', reject);
-    req.end();
-  });
-}
-
-async function retry<T>(fn: () => Promise<T>, timeoutMs: number): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      return await fn();
-    } catch (err) {
-      if (Date.now() > deadline) throw err;
-      await new Promise((r) => setTimeout(r, 200));
-    }
-  }
-}
 
 const qemuOf = (sandboxId: string) =>
   execFileSync('ps', ['-eo', 'pid=,args='], { encoding: 'utf8' })

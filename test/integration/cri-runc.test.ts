@@ -1,12 +1,12 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { request } from 'node:http';
 import { after, afterEach, before, describe, test } from 'node:test';
 import { status as GrpcStatus } from '@grpc/grpc-js';
 import * as cri from '../../src/protocol/gen/cri/api.js';
 import { criMessage, criStatusCode } from '../helpers/cri-client.js';
 import { CriEnv, IMAGES, type CriHostSnapshot, type CriPod } from '../helpers/cri-env.js';
+import { httpGet, retry } from '../helpers/wait.js';
 
 /**
  * The kubelet-like CRI client against a real containerd 1.6 with its default runc handler: the whole pod
@@ -24,33 +24,6 @@ function canRun(): string | undefined {
     }
   }
   return undefined;
-}
-
-/** GET http://ip:port/path from the host; the pod address is on the env's own bridge. */
-function httpGet(ip: string, port: number, path: string, timeoutMs = 5000): Promise<{ status: number; body: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request({ host: ip, port, path, method: 'GET', timeout: timeoutMs }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (d: string) => (body += d));
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-    });
-    req.on('timeout', () => req.destroy(new Error(`GET ${ip}:${port}${path}: timeout`)));
-    req.on('error', reject);
-    req.end();
-  });
-}
-
-async function retry<T>(fn: () => Promise<T>, timeoutMs: number): Promise<T> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      return await fn();
-    } catch (err) {
-      if (Date.now() > until) throw err;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
 }
 
 const skip = canRun();
@@ -218,7 +191,7 @@ describe('CRI client against containerd 1.6 + runc', { skip }, () => {
       const text = readFileSync(pod.logPath('httpd'), 'utf8');
       if (!text.includes(' stdout F hi') || !text.includes(' stderr F oops')) throw new Error(`log: ${text}`);
       return text;
-    }, 5000);
+    }, 5000, 100);
     assert.match(log, /^\S+ stdout F hi$/m);
 
     // ContainerStats: cgroup metrics from the runc shim.
@@ -230,7 +203,7 @@ describe('CRI client against containerd 1.6 + runc', { skip }, () => {
     assert.ok(stats.writableLayer?.fsId?.mountpoint);
 
     // From the host to the pod's CNI address, on the env's own bridge.
-    const page = await retry(() => httpGet(ip, 8080, '/index.html'), 5000);
+    const page = await retry(() => httpGet(ip, 8080, '/index.html'), 5000, 100);
     assert.equal(page.status, 200);
     assert.equal(page.body, 'hello from kata-ts-web\n');
 

@@ -7,6 +7,7 @@ import { findConfigFile } from '../../src/runtime/config/index.js';
 import { TestContainerd } from '../helpers/containerd.js';
 import { leaksSince, snapshotHost, type HostSnapshot } from '../helpers/leaks.js';
 import { runCli } from '../helpers/run-cli.js';
+import { until } from '../helpers/wait.js';
 
 /**
  * Monitoring end to end: a kata-ts container under a private containerd, its shim's management socket read by
@@ -23,16 +24,6 @@ const MINE = new RegExp(`[/ ]${ID}\\b`);
 const SHIM = new URL('../../../bin/containerd-shim-kata-v2', import.meta.url).pathname;
 const MONITOR = new URL('../../../bin/kata-monitor', import.meta.url).pathname;
 const SOCKET = `/run/vc/sbs/${ID}/shim-monitor.sock`;
-
-async function until<T>(what: string, fn: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
 
 /** The value of the first sample matching `name{...labels containing `labelPart`}`. */
 function sample(text: string, name: string, labelPart = ''): number | undefined {

@@ -4,6 +4,7 @@ import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import { TestContainerd } from '../helpers/containerd.js';
 import { leaksSince, snapshotHost, type HostSnapshot } from '../helpers/leaks.js';
+import { until } from '../helpers/wait.js';
 
 /**
  * containerd-shim-kata-v2 driven by the real containerd 1.6 and ctr: every container in a VM.
@@ -24,16 +25,6 @@ function sandboxProcesses(sandboxId: string): number[] {
     .split('\n')
     .filter((l) => l.includes(`/run/vc/vm/${sandboxId}/`) && /qemu-system|virtiofsd/.test(l))
     .map((l) => Number(l.trim().split(/\s+/)[0]));
-}
-
-async function until<T>(what: string, fn: () => Promise<T | undefined> | T | undefined, timeoutMs = 30_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined && v !== false) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
 }
 
 describe('containerd shim v2 with containerd 1.6 and ctr', () => {
