@@ -93,7 +93,7 @@ async function main(): Promise<void> {
     const init = await timeCommand(KATA_RUNTIME, ['--config', tplPath, 'factory', 'init']);
     if (init.code !== 0) throw new Error('factory init failed');
     const status = await templateStatus(tplConfig, 'tcg', silentLogger);
-    const tpl = status.templates.find((t) => t.meta?.key === status.currentKey);
+    const tpl = status.templates.find((t) => t.meta?.key === status.currentKeys[0]?.key);
 
     const wall: Record<'cold' | 'template' | 'runc', number[]> = { cold: [], template: [], runc: [] };
     const phases: Record<'cold' | 'template', Record<string, number[]>> = { cold: {}, template: {} };

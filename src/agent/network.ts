@@ -120,6 +120,18 @@ async function sysAttr(name: string, attr: string): Promise<string> {
   return (await readFile(`${SYS_NET}/${name}/${attr}`, 'utf8')).trim();
 }
 
+/**
+ * `Interface.devicePath` says where the NIC is when no NIC has `hwAddr` yet. Kata puts a PCI path there for
+ * hot-plugged NICs; kata-ts has no PCI hotplug and uses `mac=<MAC>`: the NIC that has this address now (a
+ * clone's NIC, which still has its template's). Returns that MAC, or undefined for an empty devicePath.
+ */
+function nicLocator(devicePath: string): string | undefined {
+  if (devicePath === '') return undefined;
+  const m = /^mac=(.*)$/.exec(devicePath);
+  if (!m) bad('interface devicePath (only "mac=<MAC>" is supported)', devicePath);
+  return checkMac(m[1]!);
+}
+
 async function findByMac(mac: string): Promise<string | undefined> {
   for (const n of await linkNames()) {
     if ((await sysAttr(n, 'address').catch(() => '')).toLowerCase() === mac) return n;
@@ -288,9 +300,18 @@ export function networkHandlers(log: Logger): NetworkHandlers {
     const addrs = [...new Set(iface.IPAddresses.map(checkAddress))];
     if (!Number.isInteger(iface.rawFlags) || iface.rawFlags < 0) bad('interface flags', iface.rawFlags);
 
+    const locator = nicLocator(iface.devicePath);
     let current: string;
-    if (mac) current = await waitForNic(mac);
-    else if (iface.device && (await linkExists(checkName(iface.device, 'interface device')))) current = iface.device;
+    let newMac: string | undefined;
+    if (mac) {
+      const holder = locator ? await findByMac(mac) : undefined;
+      if (holder) current = holder;
+      else if (locator) {
+        // A clone of a VM template: its NIC has the template's MAC until this call gives it the pod's.
+        current = await waitForNic(locator);
+        newMac = mac;
+      } else current = await waitForNic(mac);
+    } else if (iface.device && (await linkExists(checkName(iface.device, 'interface device')))) current = iface.device;
     else throw errors.invalid('KATA_NET_INVALID', `interface ${name}: no MAC address to find it by`);
 
     // Loopback is the container's too; Kata's agent brings it up with the sandbox.
@@ -305,10 +326,11 @@ export function networkHandlers(log: Logger): NetworkHandlers {
     }
     // One command for the rest: every exec costs tens of ms in a TCG guest.
     const link = ['link', 'set', 'dev', name];
+    if (newMac) link.push('address', newMac);
     if (mtu > 0) link.push('mtu', String(mtu));
     link.push('arp', iface.rawFlags & IFF_NOARP ? 'off' : 'on', 'up');
     await run('ip', link);
-    nlog.info({ name, was: current, mac, mtu, addresses: addrs }, 'interface updated');
+    nlog.info({ name, was: current, mac, macWas: newMac ? locator : undefined, mtu, addresses: addrs }, 'interface updated');
     return describe(name, await addressesByLink());
   }
 

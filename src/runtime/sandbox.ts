@@ -174,7 +174,11 @@ export class Sandbox {
         );
       }
       if (net) {
-        for (const i of net.interfaces) await agent.call('UpdateInterface', { interface: i });
+        for (const i of net.interfaces) {
+          // A clone's NIC still has its template's MAC: tell the agent where to find it (kata-ts's devicePath).
+          const now = started.guestNicMacs?.get(i.hwAddr.toLowerCase());
+          await agent.call('UpdateInterface', { interface: now ? { ...i, devicePath: `mac=${now}` } : i });
+        }
         await agent.call('UpdateRoutes', { routes: { Routes: net.routes } });
         if (net.neighbors.length > 0) await agent.call('AddARPNeighbors', { neighbors: { ARPNeighbors: net.neighbors } });
       }

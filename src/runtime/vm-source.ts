@@ -8,6 +8,11 @@ export interface StartedVm {
   origin: 'cold-boot' | 'template';
   /** Why a template was not used, when one was configured. */
   fallbackReason?: string;
+  /**
+   * NICs whose guest MAC is not the configured one yet (a clone wakes up with its template's): configured MAC
+   * (lower case) -> the MAC the guest NIC has now. The agent's UpdateInterface sets the configured one.
+   */
+  guestNicMacs?: Map<string, string>;
 }
 
 /**

@@ -88,7 +88,7 @@ describe('monitoring: shim management socket, kata-runtime metrics, kata-monitor
     assert.ok(existsSync(SOCKET), `${SOCKET} exists`);
   });
 
-  test('kata-runtime metrics <id>: hypervisor, virtiofsd, shim and guest samples with plausible values', async () => {
+  test('kata-runtime metrics <id>: hypervisor, share daemon, shim and guest samples with plausible values', async () => {
     const r = await runCli(['metrics', ID]);
     assert.equal(r.code, 0, r.stderr);
     const m = r.stdout;
@@ -97,8 +97,14 @@ describe('monitoring: shim management socket, kata-runtime metrics, kata-monitor
     assert.ok(sample(m, 'kata_hypervisor_threads')! >= 2);
     assert.ok(sample(m, 'kata_hypervisor_cpu_seconds_total', 'mode="user"')! > 0, 'QEMU used CPU (TCG boot)');
     assert.ok(sample(m, 'kata_hypervisor_fds')! > 3);
-    assert.ok(sample(m, 'kata_virtiofsd_processes')! >= 1);
-    assert.ok(sample(m, 'kata_virtiofsd_resident_memory_bytes')! > 0);
+    // virtiofsd samples exactly when the sandbox shares through virtio-fs (the shipped default is 9p).
+    if (sample(m, 'kata_shim_sandbox_info', 'shared_fs="virtio-fs"') === 1) {
+      assert.ok(sample(m, 'kata_virtiofsd_processes')! >= 1);
+      assert.ok(sample(m, 'kata_virtiofsd_resident_memory_bytes')! > 0);
+    } else {
+      assert.equal(sample(m, 'kata_shim_sandbox_info', 'shared_fs="virtio-9p"'), 1, 'the sandbox shares by 9p');
+      assert.equal(sample(m, 'kata_virtiofsd_processes'), 0);
+    }
     assert.ok(sample(m, 'kata_shim_resident_memory_bytes')! > 10 * 1024 * 1024);
     assert.ok(sample(m, 'kata_shim_uptime_seconds')! > 0);
     assert.equal(sample(m, 'kata_shim_rpc_calls_total', 'action="Create"'), 1);

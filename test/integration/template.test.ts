@@ -11,18 +11,23 @@ import type { OciSpec } from '../../src/protocol/oci-spec.js';
 import { loadConfig } from '../../src/runtime/config/load.js';
 import type { RuntimeConfig } from '../../src/runtime/config/types.js';
 import { defaultSandboxDeps } from '../../src/runtime/default-deps.js';
-import { destroyTemplates, TemplateStore, templateStatus } from '../../src/runtime/factory/index.js';
+import { destroyTemplates, TEMPLATE_VARIANTS, TemplateStore, templateNicMac, templateStatus } from '../../src/runtime/factory/index.js';
+import { TEMPLATE_TAP_RE } from '../../src/runtime/factory/template-builder.js';
 import { defaultPaths } from '../../src/runtime/paths.js';
 import { Sandbox } from '../../src/runtime/sandbox.js';
 import { defaultSpec, makeBundle, type Bundle } from '../helpers/bundle.js';
 import { writeTestConfig } from '../helpers/config.js';
 import { leaksSince, snapshotHost, type HostSnapshot } from '../helpers/leaks.js';
+import { ip, makeTestNetns, type TestNetns } from '../helpers/netns.js';
 import { runCli } from '../helpers/run-cli.js';
 
 /**
  * VM templates end to end: real QEMU (TCG), the real guest. The template lives under a temporary
  * template_path (a tmpfs the tests mount and destroy), so a real template on the host is never touched.
  */
+
+const NO_NET = TEMPLATE_VARIANTS[0].name;
+const ONE_NIC = TEMPLATE_VARIANTS[1].name;
 
 /** One VM test step under TCG on a busy 2-core machine: minutes, not hours. */
 const TEST_TIMEOUT_MS = 5 * 60_000;
@@ -53,6 +58,11 @@ function mountedAt(p: string): boolean {
     .some((l) => l.split(' ')[4] === p);
 }
 
+/** Template taps (`ktt…`) in the host netns: QEMU creates one per template NIC and it goes with QEMU. */
+function hostTemplateTaps(): string[] {
+  return (JSON.parse(ip('-json', 'link', 'show')) as { ifname: string }[]).map((l) => l.ifname).filter((n) => TEMPLATE_TAP_RE.test(n));
+}
+
 function processesMentioning(s: string): string[] {
   return execFileSync('ps', ['-eo', 'pid=,args='], { encoding: 'utf8' })
     .split('\n')
@@ -72,9 +82,11 @@ describe('VM templates (real QEMU, real guest)', { timeout: 20 * 60_000 }, () =>
   const bundles: Bundle[] = [];
   let seq = 0;
 
-  async function start(name: string, c: RuntimeConfig = config, hostname?: string): Promise<Sandbox> {
+  const netnses: TestNetns[] = [];
+
+  async function start(name: string, c: RuntimeConfig = config, hostname?: string, netnsPath?: string): Promise<Sandbox> {
     const sb = await Sandbox.create(
-      { sandboxId: `tpl${process.pid}-${name}`, config: c, paths: defaultPaths(), hostname },
+      { sandboxId: `tpl${process.pid}-${name}`, config: c, paths: defaultPaths(), hostname, netnsPath },
       defaultSandboxDeps(),
       silentLogger,
     );
@@ -88,8 +100,9 @@ describe('VM templates (real QEMU, real guest)', { timeout: 20 * 60_000 }, () =>
   }
 
   /** Runs `script` in a new container of `sb`; returns its exit status and output. */
-  async function run(sb: Sandbox, script: string): Promise<{ status: number; out: string }> {
+  async function run(sb: Sandbox, script: string, caps: string[] = []): Promise<{ status: number; out: string }> {
     const spec = guestSpec(script);
+    if (caps.length > 0) spec.process!.capabilities = { bounding: caps, effective: caps, permitted: caps };
     const b = await makeBundle(spec);
     bundles.push(b);
     const out = new Collect();
@@ -103,7 +116,8 @@ describe('VM templates (real QEMU, real guest)', { timeout: 20 * 60_000 }, () =>
 
   const memoryFile = async () => {
     const s = await templateStatus(config, 'tcg', silentLogger);
-    const t = s.templates.find((x) => x.meta?.key === s.currentKey);
+    const key = s.currentKeys.find((k) => k.variant === NO_NET)?.key;
+    const t = s.templates.find((x) => x.meta?.key === key);
     assert.ok(t, `a template for the current config in ${JSON.stringify(s.templates.map((x) => x.dir))}`);
     return join(t.dir, 'memory');
   };
@@ -120,6 +134,7 @@ describe('VM templates (real QEMU, real guest)', { timeout: 20 * 60_000 }, () =>
     // The builders' lock file of this temporary template path (kept by design for real paths).
     rmSync(new TemplateStore(templatePath, silentLogger).lockPath, { force: true });
     for (const b of bundles) await b.remove();
+    for (const n of netnses) n.remove();
     cfg.remove();
     cfg384.remove();
     assert.equal(mountedAt(templatePath), false, 'template tmpfs unmounted');
@@ -134,21 +149,47 @@ describe('VM templates (real QEMU, real guest)', { timeout: 20 * 60_000 }, () =>
     );
   });
 
-  test('factory init builds a sealed template on a tmpfs; status says it matches; init again is a no-op', { timeout: TEST_TIMEOUT_MS }, async () => {
+  test('factory init builds sealed templates (no NIC, one NIC) on a tmpfs; status says they match; init again is a no-op', { timeout: TEST_TIMEOUT_MS }, async () => {
     const init = await runCli(['--config', cfg.path, 'factory', 'init']);
     assert.equal(init.code, 0, init.stderr);
-    assert.match(init.stdout, /template built in \d+ ms/);
+    assert.match(init.stdout, /^no network: template built in \d+ ms/m);
+    assert.match(init.stdout, /^one network interface: template built in \d+ ms/m);
     assert.ok(mountedAt(templatePath), 'tmpfs mounted at template_path');
     const status = await runCli(['--config', cfg.path, 'factory', 'status']);
     assert.equal(status.code, 0, status.stderr);
     assert.match(status.stdout, /tmpfs mounted/);
-    assert.match(status.stdout, /matches the current configuration/);
+    assert.match(status.stdout, /matches the current configuration \(no network\)/);
+    assert.match(status.stdout, /matches the current configuration \(one network interface\)/);
     assert.match(status.stdout, /guest memory 512 MiB/);
+    assert.deepEqual(hostTemplateTaps(), [], 'the template taps went with their QEMUs');
     const mem = await memoryFile();
     assert.equal(statSync(mem).mode & 0o777, 0o444);
     const again = await runCli(['--config', cfg.path, 'factory', 'init']);
     assert.equal(again.code, 0, again.stderr);
     assert.match(again.stdout, /already up to date/);
+  });
+
+  test('two clones in two pod netns: each NIC takes its pod MAC and IP and answers the host', { timeout: TEST_TIMEOUT_MS }, async () => {
+    assert.ok((await templateStatus(config, 'tcg', silentLogger)).matches[ONE_NIC], 'factory init made the one-NIC template');
+    const nets = [makeTestNetns('ta', 31), makeTestNetns('tb', 97)];
+    netnses.push(...nets);
+    const sbs = await Promise.all(nets.map((n, i) => start(`net${i}`, config, undefined, n.path)));
+    for (const [i, sb] of sbs.entries()) {
+      const n = nets[i]!;
+      assert.equal(sb.timings.vmOrigin, 'template', `clone ${i}: ${sb.timings.vmFallbackReason ?? ''}`);
+      const podMac = (JSON.parse(ip('-n', n.name, '-json', 'link', 'show', 'eth0')) as { address: string }[])[0]!.address;
+      const r = await run(sb, 'cat /sys/class/net/eth0/address; ip -o -4 addr show dev eth0');
+      assert.equal(r.status, 0, r.out);
+      const [mac, addr] = r.out.trim().split('\n');
+      assert.equal(mac, podMac, 'the guest NIC has the pod veth MAC, not the template one');
+      assert.notEqual(mac, templateNicMac('network-0'));
+      assert.ok(addr?.includes(`inet ${n.podIp}/24`), addr);
+      // Guest NIC -> QEMU -> tap -> tc redirect -> veth -> the gateway in the host netns, and back: the clone's
+      // QEMU filters received frames by the MAC the guest set, so this only works if the change reached QEMU.
+      const ping = await run(sb, `ping -c 2 -W 5 ${n.gateway}`, ['CAP_NET_RAW']);
+      assert.equal(ping.status, 0, ping.out);
+    }
+    for (const i of [0, 1]) await stop(`net${i}`);
   });
 
   test('two clones at once: their own RNG, hostname and memory; the template file never changes', { timeout: TEST_TIMEOUT_MS }, async () => {
@@ -197,12 +238,12 @@ describe('VM templates (real QEMU, real guest)', { timeout: 20 * 60_000 }, () =>
     const c = await start('c');
     assert.equal(c.timings.vmOrigin, 'template');
     assert.deepEqual(await run(c, 'echo rebuilt'), { status: 0, out: 'rebuilt\n' });
-    assert.ok((await templateStatus(config, 'tcg', silentLogger)).matches);
+    assert.ok((await templateStatus(config, 'tcg', silentLogger)).matches[NO_NET]);
   });
 
   test('a template built for another memory size is never used: the other config rebuilds', { timeout: TEST_TIMEOUT_MS }, async () => {
     const before384 = await templateStatus(config384, 'tcg', silentLogger);
-    assert.equal(before384.matches, false);
+    assert.equal(before384.matches[NO_NET], false);
     assert.ok(Object.values(before384.differences).flat().some((d) => d.includes('512M')), JSON.stringify(before384.differences));
     const d = await start('d', config384);
     assert.equal(d.timings.vmOrigin, 'template');
@@ -210,11 +251,11 @@ describe('VM templates (real QEMU, real guest)', { timeout: 20 * 60_000 }, () =>
     const kb = Number(/MemTotal:\s+(\d+) kB/.exec(mem.out)?.[1]);
     assert.ok(kb > 300 * 1024 && kb <= 384 * 1024, `MemTotal ${kb} kB for a 384 MiB clone`);
     const s = await templateStatus(config384, 'tcg', silentLogger);
-    assert.ok(s.matches);
+    assert.ok(s.matches[NO_NET]);
     assert.deepEqual(
-      s.templates.map((t) => t.meta?.memoryMiB),
-      [384],
-      'one template per path: the 512 MiB one was replaced',
+      s.templates.map((t) => t.meta?.memoryMiB).sort(),
+      [384, 512],
+      'the 512 MiB template (same guest assets, another shape) is kept beside the new one',
     );
     await stop('c');
     await stop('d');

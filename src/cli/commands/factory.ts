@@ -3,7 +3,7 @@ import type { Logger } from '../../base/logger.js';
 import { detectAccel } from '../../hypervisor/accel.js';
 import { qemuFactory } from '../../hypervisor/qemu/qemu.js';
 import type { RuntimeConfig } from '../../runtime/config/types.js';
-import { destroyTemplates, initTemplate, templateStatus, type TemplateStatus } from '../../runtime/factory/index.js';
+import { destroyTemplates, initTemplates, templateStatus, type TemplateStatus } from '../../runtime/factory/index.js';
 import { loadRuntimeConfig } from '../load-runtime-config.js';
 
 /** Where the command's results go (stdout in the CLI; tests capture it). */
@@ -16,15 +16,16 @@ async function accelFor(config: RuntimeConfig, log: Logger) {
   return (await detectAccel(config.hypervisor.accel, { qemuPath: config.hypervisor.path, log })).accel;
 }
 
-/** `kata-runtime factory init`: builds the VM template for the configuration (or finds it up to date). */
+/** `kata-runtime factory init`: builds the VM templates for the configuration (or finds them up to date). */
 export async function factoryInit(configPath: string | undefined, log: Logger, print: Print): Promise<number> {
   const config = await loadRuntimeConfig(configPath, log);
   const accel = await accelFor(config, log);
   const t0 = performance.now();
-  const r = await initTemplate(config, accel, qemuFactory, {}, log);
-  const ms = Math.round(performance.now() - t0);
-  print(r.built ? `template built in ${ms} ms: ${r.dir}` : `template already up to date: ${r.dir}`);
-  print(`key ${r.meta.key}`);
+  for (const r of await initTemplates(config, accel, qemuFactory, {}, log)) {
+    const ms = Math.round(performance.now() - t0);
+    print(`${r.variant}: ${r.built ? `template built in ${ms} ms` : 'template already up to date'}: ${r.dir}`);
+    print(`  key ${r.meta.key}`);
+  }
   return 0;
 }
 
@@ -47,7 +48,8 @@ export function formatStatus(s: TemplateStatus): string[] {
   const m = s.mount;
   const where = !m.exists ? 'does not exist' : m.mounted ? `${m.fsType} mounted, ${fmtMiB(m.usedBytes)} used of ${fmtMiB(m.sizeBytes)}` : 'a directory (not mounted)';
   out.push(`template path: ${s.templatePath} (${where})`);
-  out.push(`current config key: ${s.currentKey ?? `none: ${s.currentKeyProblem}`}`);
+  if (s.currentKeyProblem !== undefined) out.push(`current config keys: none: ${s.currentKeyProblem}`);
+  for (const k of s.currentKeys) out.push(`current config key (${k.variant}): ${k.key} ${s.matches[k.variant] ? '(template ready)' : '(no template yet)'}`);
   if (s.templates.length === 0) out.push('templates: none');
   for (const t of s.templates) {
     if (t.building) {
@@ -59,7 +61,8 @@ export function formatStatus(s: TemplateStatus): string[] {
       continue;
     }
     const meta = t.meta;
-    const fits = meta && meta.key === s.currentKey && !t.problem ? 'matches the current configuration' : 'does NOT match the current configuration';
+    const variant = s.currentKeys.find((k) => k.key === meta?.key)?.variant;
+    const fits = variant && !t.problem ? `matches the current configuration (${variant})` : 'does NOT match the current configuration';
     out.push(`- ${t.dir}: ${t.problem ? `unusable (${t.problem})` : fits}`);
     if (meta) {
       out.push(`    key ${meta.key}`);

@@ -13,8 +13,8 @@ import { wrapError } from '../../base/errors.js';
 import { sleep } from '../../base/deadline.js';
 import type { Logger } from '../../base/logger.js';
 import { AgentClient } from '../../agent-client/agent-client.js';
-import type { HypervisorFactory, VmConfig } from '../../hypervisor/hypervisor.js';
-import type { TemplateInputs } from './template-key.js';
+import type { HypervisorFactory, VmConfig, VmDevice } from '../../hypervisor/hypervisor.js';
+import { templateNicMac, type TemplateId } from './template-key.js';
 import type { TemplateMeta, TemplateStore } from './template-store.js';
 
 export interface BuildTemplateOptions {
@@ -37,7 +37,11 @@ export interface BuildTemplateOptions {
 
 const DEFAULT_SETTLE_MS = 1000;
 
-/** The template VM: the clone's config with the template's own backends, RAM in `<build>/memory` shared. */
+/**
+ * The template VM: the clone's config with the template's own backends, RAM in `<build>/memory` shared.
+ * Each NIC gets the template's MAC and a tap that QEMU creates in the host netns under a fresh name and that
+ * goes away with QEMU: it stays down, nothing is sent on it.
+ */
 export function templateBuildConfig(cloneConfig: VmConfig, buildDir: string, key: string): VmConfig {
   const vmDir = join(buildDir, 'vm');
   return {
@@ -46,12 +50,19 @@ export function templateBuildConfig(cloneConfig: VmConfig, buildDir: string, key
     vmDir,
     memoryBackend: { kind: 'file', path: join(buildDir, 'memory'), share: true },
     agentChannel: { kind: 'virtio-serial', socketPath: join(vmDir, 'agent.sock') },
-    devices: cloneConfig.devices.map((d) => (d.kind === '9p' ? { ...d, hostPath: join(buildDir, 'share') } : d)),
+    devices: cloneConfig.devices.map((d): VmDevice => {
+      if (d.kind === '9p') return { ...d, hostPath: join(buildDir, 'share') };
+      if (d.kind === 'net-tap') return { kind: 'net-tap', id: d.id, ifname: templateTapName(), mac: templateNicMac(d.id) };
+      return d;
+    }),
     incomingStatePath: undefined,
-    // No network devices in a template: the host netns is as good as any.
     netnsPath: undefined,
   };
 }
+
+/** `ktt` + 10 hex digits (13 of the 15 characters a link name may have). */
+export const TEMPLATE_TAP_RE = /^ktt[0-9a-f]{10}$/;
+const templateTapName = (): string => `ktt${randomBytes(5).toString('hex')}`;
 
 /**
  * Builds the template for `key` into a new build dir of `store` and publishes it. The caller holds the
@@ -59,13 +70,13 @@ export function templateBuildConfig(cloneConfig: VmConfig, buildDir: string, key
  */
 export async function buildTemplate(
   store: TemplateStore,
-  key: string,
-  inputs: TemplateInputs,
+  id: TemplateId,
   cloneConfig: VmConfig,
   hypervisors: HypervisorFactory,
   opts: BuildTemplateOptions,
   parentLog: Logger,
 ): Promise<TemplateMeta> {
+  const { key, family, inputs } = id;
   const log = parentLog.child({ subsystem: 'vm-template', key: key.slice(0, 16) });
   const t0 = performance.now();
   const buildDir = await store.newBuildDir();
@@ -113,6 +124,7 @@ export async function buildTemplate(
 
     const meta = await store.publish(buildDir, {
       key,
+      family,
       inputs,
       memoryMiB: config.memoryMiB,
       createdAt: new Date().toISOString(),

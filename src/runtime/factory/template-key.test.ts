@@ -9,7 +9,7 @@ import { Virtio9p } from '../../resource/sharefs/virtio-9p.js';
 import { parseConfig } from '../config/load.js';
 import type { RuntimeConfig } from '../config/types.js';
 import { Sandbox } from '../sandbox.js';
-import { describeMismatch, templateIneligibility, templateKey } from './template-key.js';
+import { describeMismatch, templateIneligibility, templateKey, templateNicMac } from './template-key.js';
 import { sandboxVmConfigFor } from './vm-factory.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'kata-ts-tplkey-'));
@@ -94,6 +94,7 @@ describe('template key', () => {
     utimesSync(kernel, new Date(), new Date(Date.now() + 5000));
     const afterKernel = templateKey(cfg());
     assert.notEqual(afterKernel.key, before.key);
+    assert.notEqual(afterKernel.family, before.family, 'other guest assets: another family');
     assert.deepEqual(describeMismatch(before.inputs, afterKernel.inputs), ['kernel file changed']);
     const more = templateKey(cfg({ memoryMiB: 384 }));
     assert.ok(describeMismatch(afterKernel.inputs, more.inputs).some((d) => d.includes('384M')));
@@ -106,13 +107,29 @@ describe('template key', () => {
     assert.equal(inputs.files.image?.sha256, undefined);
   });
 
-  test('virtio-fs, net and block devices are not template material; 9p is', () => {
+  test('virtio-fs and block devices are not template material; 9p and NICs are', () => {
     assert.equal(templateIneligibility(cfg()), undefined);
     const fs: VmDevice = { kind: 'virtio-fs', id: 'kata-shared-fs', socketPath: '/s', tag: 'kataShared' };
     assert.match(templateIneligibility(cfg({ devices: [fs], memoryBackend: { kind: 'memfd' } }))!, /virtio-fs.*virtio-9p/);
-    assert.match(templateIneligibility(cfg({ devices: [{ kind: 'net-tap', id: 'n0', ifname: 'tap0', mac: '02:00:00:00:00:01' }] }))!, /MAC/);
+    assert.equal(templateIneligibility(cfg({ devices: [{ kind: 'net-tap', id: 'n0', ifname: 'tap0', mac: '02:00:00:00:00:01' }] })), undefined);
     assert.match(templateIneligibility(cfg({ devices: [{ kind: 'block', id: 'b0', path: '/b', readonly: true }] }))!, /block/);
     assert.match(templateIneligibility(cfg({ incomingStatePath: '/s' }))!, /restores/);
+  });
+
+  test('a NIC: its MAC, tap, fd and netns do not change the key; the NIC count does, but not the family', () => {
+    const share = cfg().devices[0]!;
+    const withNic = (nic: VmDevice, netnsPath?: string) => templateKey(cfg({ devices: [share, nic], netnsPath }));
+    const tcfilter = withNic({ kind: 'net-tap', id: 'network-0', ifname: 'tap0_kata', mac: '0a:58:0a:58:00:05', netnsPath: '/var/run/netns/a' }, '/var/run/netns/a');
+    const macvtap = withNic({ kind: 'net-tap', id: 'network-0', fdPath: '/tmp/x/net/tap7', mac: '0a:58:0a:58:00:09', netnsPath: '/var/run/netns/b' }, '/var/run/netns/b');
+    assert.equal(tcfilter.key, macvtap.key);
+    const none = templateKey(cfg());
+    assert.notEqual(tcfilter.key, none.key);
+    assert.equal(tcfilter.family, none.family);
+    assert.equal(templateKey(cfg({ memoryMiB: 384 })).family, none.family, 'another shape, same family');
+    const mac = templateNicMac('network-0');
+    assert.match(mac, /^02:6b(:[0-9a-f]{2}){4}$/);
+    assert.equal(templateNicMac('network-0'), mac, 'deterministic');
+    assert.notEqual(templateNicMac('network-1'), mac);
   });
 
   test("factory init computes the same key as a sandbox start (Sandbox.create's VM config)", async () => {
@@ -148,6 +165,13 @@ describe('template key', () => {
         );
         assert.ok(seen);
         assert.equal(templateKey(seen).key, templateKey(sandboxVmConfigFor(config, 'tcg')).key, `config extra: ${extra}`);
+        // A pod with one interface: the sandbox adds its tap (in the pod netns, with the pod's MAC).
+        const netns = '/var/run/netns/pod';
+        const nic: VmDevice = { kind: 'net-tap', id: 'network-0', ifname: 'tap0_kata', mac: '0a:58:0a:58:00:05', netnsPath: netns };
+        assert.equal(
+          templateKey({ ...seen, devices: [...seen.devices, nic], netnsPath: netns }).key,
+          templateKey(sandboxVmConfigFor(config, 'tcg', 1)).key,
+        );
       }
     } finally {
       rmSync(root, { recursive: true, force: true });

@@ -14,7 +14,7 @@ import type { VmConfig, VmDevice } from '../../hypervisor/hypervisor.js';
 import { buildQemuArgs } from '../../hypervisor/qemu/cmdline.js';
 
 /** Bump when the template layout or the build recipe changes: old templates then no longer match. */
-export const TEMPLATE_FORMAT = 1;
+export const TEMPLATE_FORMAT = 2;
 
 /** Placeholder backend paths used for the key (never touched on the host). */
 const PLACEHOLDER_ROOT = '/kata-template';
@@ -41,7 +41,9 @@ export function templateIneligibility(config: VmConfig): string | undefined {
           'and a copy-on-write clone cannot share its RAM with virtiofsd; set shared_fs = "virtio-9p" to use templates'
         );
       case 'net-tap':
-        return `network device ${d.id}: its MAC address is guest-visible state a template cannot share`;
+        // The template has the NIC with its own MAC on a throwaway tap; a clone gets the pod's tap as the
+        // backend and the agent gives the guest NIC the pod's MAC (see templateNicMac).
+        continue;
       case 'block':
         return `block device ${d.id}: cold-plugged per-sandbox disks are not supported by templates`;
       default:
@@ -51,9 +53,29 @@ export function templateIneligibility(config: VmConfig): string | undefined {
   return undefined;
 }
 
-/** The devices with their host-side backends replaced by placeholders (what the guest sees). */
+/**
+ * The MAC address a template gives the NIC with VM device id `deviceId` (locally administered, unicast,
+ * derived from the id). Clones wake up with it; the agent then sets the pod's MAC (UpdateInterface with
+ * `devicePath` = `mac=<this>`).
+ */
+export function templateNicMac(deviceId: string): string {
+  const h = createHash('sha256').update(`kata-ts template nic ${deviceId}`).digest();
+  return ['02', '6b', ...[...h.subarray(0, 4)].map((b) => b.toString(16).padStart(2, '0'))].join(':');
+}
+
+/** Tap name QEMU creates (and removes when it exits) for a template's NIC: the guest never sees it. */
+export const TEMPLATE_TAP_PLACEHOLDER = 'kt-template';
+
+/**
+ * The devices as the guest sees them: host-side backends replaced by placeholders, NICs with the template's
+ * MAC (their backend, a tap by name or by fd, in the pod's netns or not, is the clone's business).
+ */
 function guestVisibleDevices(devices: VmDevice[]): VmDevice[] {
-  return devices.map((d) => (d.kind === '9p' ? { ...d, hostPath: `${PLACEHOLDER_ROOT}/share/${d.id}` } : d));
+  return devices.map((d): VmDevice => {
+    if (d.kind === '9p') return { ...d, hostPath: `${PLACEHOLDER_ROOT}/share/${d.id}` };
+    if (d.kind === 'net-tap') return { kind: 'net-tap', id: d.id, ifname: TEMPLATE_TAP_PLACEHOLDER, mac: templateNicMac(d.id) };
+    return d;
+  });
 }
 
 /**
@@ -159,10 +181,21 @@ export function keyOf(inputs: TemplateInputs): string {
   return createHash('sha256').update(JSON.stringify(inputs)).digest('hex');
 }
 
-/** The template key of a VM config: equal keys mean a clone of one can run as the other. */
-export function templateKey(config: VmConfig): { key: string; inputs: TemplateInputs } {
+/**
+ * The template key of a VM config: equal keys mean a clone of one can run as the other. The family names
+ * the guest assets and QEMU the key was made with (format, files): templates of one family differ only in
+ * the VM's shape (memory, vCPUs, NICs, kernel parameters) and may be kept side by side; a template of
+ * another family can never match again.
+ */
+export interface TemplateId {
+  key: string;
+  family: string;
+  inputs: TemplateInputs;
+}
+
+export function templateKey(config: VmConfig): TemplateId {
   const inputs = templateInputs(config);
-  return { key: keyOf(inputs), inputs };
+  return { key: keyOf(inputs), family: keyOf({ format: inputs.format, qemuArgs: [], files: inputs.files }), inputs };
 }
 
 /** Names which inputs differ between two input sets (for `factory status`). */

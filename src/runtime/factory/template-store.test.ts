@@ -6,7 +6,7 @@ import { after, describe, test } from 'node:test';
 import { silentLogger } from '../../base/logger.js';
 import { FileLock } from './file-lock.js';
 import type { TemplateInputs } from './template-key.js';
-import { BUILD_RETRY_AFTER_MS, TemplateStore } from './template-store.js';
+import { BUILD_RETRY_AFTER_MS, MAX_TEMPLATES, TemplateStore } from './template-store.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'kata-ts-tplstore-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -15,12 +15,13 @@ const inputs: TemplateInputs = { format: 1, qemuArgs: [], files: { qemu: null, k
 const KEY_A = 'a'.repeat(64);
 const KEY_B = 'b'.repeat(64);
 
-async function fakeBuild(store: TemplateStore, key: string, memory = 'ram'): Promise<void> {
+async function fakeBuild(store: TemplateStore, key: string, memory = 'ram', family = `family-of-${key}`): Promise<void> {
   const build = await store.newBuildDir();
   writeFileSync(join(build, 'memory'), memory);
   writeFileSync(join(build, 'state'), 'state');
-  await store.publish(build, { key, inputs, memoryMiB: 1, createdAt: new Date().toISOString(), buildMs: 1, qemuVersion: 'test' });
+  await store.publish(build, { key, family, inputs, memoryMiB: 1, createdAt: new Date().toISOString(), buildMs: 1, qemuVersion: 'test' });
 }
+const keep = (key: string, family = `family-of-${key}`) => ({ key, family });
 
 describe('template store (a plain directory, no tmpfs)', () => {
   test('a published template pins through /proc/self/fd paths that outlive its removal', async () => {
@@ -58,16 +59,23 @@ describe('template store (a plain directory, no tmpfs)', () => {
     assert.match(listed[0]!.problem!, /modified/);
   });
 
-  test('prune keeps only the named key and removes abandoned builds', async () => {
+  test('prune keeps the named key and the newest of its family, and removes other families and abandoned builds', async () => {
     const store = new TemplateStore(join(dir, 't3'), silentLogger);
     mkdirSync(store.root, { recursive: true });
+    const [KEY_C, KEY_D, KEY_E] = ['c', 'd', 'e'].map((c) => c.repeat(64)) as [string, string, string];
     await fakeBuild(store, KEY_A);
-    await fakeBuild(store, KEY_B);
+    for (const k of [KEY_B, KEY_C, KEY_D, KEY_E]) {
+      await fakeBuild(store, k, 'ram', 'f1');
+      await new Promise((r) => setTimeout(r, 5));
+    }
     const abandoned = await store.newBuildDir();
-    assert.equal((await store.list()).length, 3);
-    const removed = await store.prune(KEY_B);
-    assert.deepEqual(removed.sort(), [abandoned, store.dirFor(KEY_A)].sort());
-    assert.equal((await store.pin(KEY_B)).kind, 'pinned');
+    assert.equal((await store.list()).length, 6);
+    // Keeping B (the oldest of f1): B stays, then the MAX_TEMPLATES - 1 newest others of f1 (E, D).
+    assert.equal(MAX_TEMPLATES, 3);
+    const removed = await store.prune(keep(KEY_B, 'f1'));
+    assert.deepEqual(removed.sort(), [abandoned, store.dirFor(KEY_A), store.dirFor(KEY_C)].sort());
+    for (const k of [KEY_B, KEY_D, KEY_E]) assert.equal((await store.pin(k)).kind, 'pinned');
+    assert.deepEqual((await store.prune(keep(KEY_B, 'f2'))).sort(), [store.dirFor(KEY_D), store.dirFor(KEY_E)].sort());
   });
 
   test('a failed build is remembered for a while, per key, and listed', async () => {
@@ -79,9 +87,9 @@ describe('template store (a plain directory, no tmpfs)', () => {
     assert.equal(await store.recentFailure(KEY_B), undefined);
     assert.equal(await store.recentFailure(KEY_A, Date.now() + BUILD_RETRY_AFTER_MS + 1), undefined, 'retried after a while');
     assert.match((await store.list())[0]!.problem!, /failed at .*agent did not answer/);
-    await store.prune(KEY_A);
+    await store.prune(keep(KEY_A));
     assert.ok(await store.recentFailure(KEY_A), 'kept by a prune for the same key');
-    await store.prune(KEY_B);
+    await store.prune(keep(KEY_B));
     assert.equal(await store.recentFailure(KEY_A), undefined);
   });
 

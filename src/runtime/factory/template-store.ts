@@ -27,6 +27,8 @@ import { FileLock } from './file-lock.js';
 import type { TemplateInputs } from './template-key.js';
 
 export const TEMPLATE_LOCK_DIR = '/run/kata-ts/template-locks';
+/** Templates kept per template path (of one family: the VM shapes built last). Each costs its touched RAM in tmpfs. */
+export const MAX_TEMPLATES = 3;
 /** Room for the device state and the build's sockets and logs, on top of guest RAM (Kata: 8 MiB). */
 export const TEMPLATE_EXTRA_MIB = 8;
 const TMPFS_MAGIC = 0x01021994;
@@ -42,6 +44,8 @@ export interface FileStamp {
 export interface TemplateMeta {
   schema: 1;
   key: string;
+  /** Templates of one family differ only in their NICs (see templateKey). */
+  family: string;
   inputs: TemplateInputs;
   memoryMiB: number;
   createdAt: string;
@@ -273,10 +277,13 @@ export class TemplateStore {
   }
 
   /**
-   * Removes every template and abandoned build except `keepKey`'s. Under the lock, so no build is running;
-   * a builder that died may have left its QEMU behind, which is killed. Running clones are unaffected.
+   * Removes abandoned builds, templates of other families (made from other guest assets or QEMU: they can
+   * never match again), and the oldest of `keep.family` beyond MAX_TEMPLATES (the VM shapes last built:
+   * with and without a NIC, other sizes). `keep.key`'s template always stays; without `keep` everything
+   * goes. Under the lock, so no build is running; a builder that died may have left its QEMU behind, which
+   * is killed. Running clones are unaffected.
    */
-  async prune(keepKey?: string): Promise<string[]> {
+  async prune(keep?: { key: string; family: string }): Promise<string[]> {
     const removed: string[] = [];
     let names: string[];
     try {
@@ -285,22 +292,44 @@ export class TemplateStore {
       if (isErrno(err, 'ENOENT')) return removed;
       throw err;
     }
-    const keep = keepKey ? TemplateStore.dirName(keepKey) : undefined;
-    const keepFailure = keepKey ? basename(this.failurePath(keepKey)) : undefined;
+    const keepDir = keep ? TemplateStore.dirName(keep.key) : undefined;
+    const keepFailure = keep ? basename(this.failurePath(keep.key)) : undefined;
+    const doomed: string[] = [];
+    const sameFamily: { dir: string; createdAt: string }[] = [];
     for (const name of names) {
-      if (name === keep || name === keepFailure) continue;
+      if (name === keepDir || name === keepFailure) continue;
       if (name.startsWith('.failed-')) {
         await rm(join(this.root, name), { force: true });
         continue;
       }
       if (!name.startsWith('tpl-') && !name.startsWith('.build-')) continue;
       const dir = join(this.root, name);
-      if (name.startsWith('.build-')) killAbandonedBuilder(dir, this.log);
+      if (name.startsWith('.build-')) {
+        killAbandonedBuilder(dir, this.log);
+        doomed.push(dir);
+        continue;
+      }
+      const meta = keep ? await this.metaOf(dir) : undefined;
+      if (keep && meta?.family === keep.family) sameFamily.push({ dir, createdAt: meta.createdAt ?? '' });
+      else doomed.push(dir);
+    }
+    // Newest first; the kept key takes one of the places.
+    sameFamily.sort((a, b) => b.createdAt.localeCompare(a.createdAt));
+    doomed.push(...sameFamily.slice(MAX_TEMPLATES - 1).map((t) => t.dir));
+    for (const dir of doomed) {
       await rm(dir, { recursive: true, force: true });
       removed.push(dir);
     }
     if (removed.length > 0) this.log.info({ removed }, 'templates removed');
     return removed;
+  }
+
+  private async metaOf(dir: string): Promise<Partial<TemplateMeta> | undefined> {
+    try {
+      return JSON.parse(await readFile(join(dir, 'template.json'), 'utf8')) as Partial<TemplateMeta>;
+    } catch {
+      return undefined;
+    }
   }
 
   private failurePath(key: string): string {

@@ -15,7 +15,7 @@ import type { Hypervisor, HypervisorFactory, VmConfig } from '../../hypervisor/h
 import type { RuntimeConfig } from '../config/types.js';
 import { coldBoot, type StartedVm, type VmSource } from '../vm-source.js';
 import { buildTemplate } from './template-builder.js';
-import { templateIneligibility, templateKey } from './template-key.js';
+import { templateIneligibility, templateKey, templateNicMac } from './template-key.js';
 import { BUILD_RETRY_AFTER_MS, TemplateStore, type PinnedTemplate, type TemplateMeta } from './template-store.js';
 
 export interface TemplateVmSourceOptions {
@@ -44,7 +44,8 @@ export async function obtainTemplate(
   opts: { signal?: AbortSignal; settleMs?: number; warmUp?: boolean; retryFailedBuild?: boolean },
   log: Logger,
 ): Promise<{ template: PinnedTemplate; built: boolean }> {
-  const { key, inputs } = templateKey(vmConfig);
+  const id = templateKey(vmConfig);
+  const { key } = id;
   const store = new TemplateStore(config.factory.templatePath, log);
   const first = await store.pin(key);
   if (first.kind === 'pinned') return { template: first.template, built: false };
@@ -60,15 +61,15 @@ export async function obtainTemplate(
       throw errors.unavailable('KATA_TEMPLATE_BUILD_FAILED', `building the template failed at ${failed.at} (retried after ${BUILD_RETRY_AFTER_MS / 60_000} min, or by factory init): ${failed.reason}`);
     }
     if (again.kind === 'invalid') log.warn({ reason: again.reason, key }, 'template unusable; rebuilding it');
-    // One template per path: older ones (other configurations) go; clones of them keep running.
-    await store.prune(key);
+    // Templates of other configurations go (clones of them keep running); those of this configuration
+    // with other NICs stay.
+    await store.prune(id);
     await store.remove(key);
     await store.prepare(vmConfig.memoryMiB);
     try {
       await buildTemplate(
         store,
-        key,
-        inputs,
+        id,
         vmConfig,
         hypervisors,
         {
@@ -151,7 +152,8 @@ export function templateVmSource(hypervisors: HypervisorFactory, options: Templa
         return coldWith(`clone start failed: ${(err as Error).message}`);
       }
       log.debug({ template: template.dir }, 'VM cloned from template');
-      return { hypervisor: hv, origin: 'template' };
+      const guestNicMacs = new Map(vmConfig.devices.flatMap((d) => (d.kind === 'net-tap' ? [[d.mac.toLowerCase(), templateNicMac(d.id)] as const] : [])));
+      return { hypervisor: hv, origin: 'template', guestNicMacs };
     },
   };
 }

@@ -7,16 +7,28 @@ import type { HypervisorFactory, VmConfig, VmDevice } from '../../hypervisor/hyp
 import { KATA_SHARED_TAG, SHARE_FS_DEVICE_ID } from '../../resource/sharefs/share-fs.js';
 import type { RuntimeConfig } from '../config/types.js';
 import { sandboxVmConfig } from '../vm-config.js';
-import { describeMismatch, templateIneligibility, templateKey } from './template-key.js';
+import { vmDeviceId } from '../../resource/network/endpoint.js';
+import { tapName } from '../../resource/network/tc-filter-endpoint.js';
+import { describeMismatch, templateIneligibility, templateKey, templateNicMac } from './template-key.js';
 import { TemplateStore, type DestroyResult, type StoreMount, type TemplateListing, type TemplateMeta } from './template-store.js';
 import { buildBudgetMs, obtainTemplate } from './template-vm-source.js';
 
 /**
- * The VM config a sandbox of this configuration would start, as far as a template is concerned (what
- * Sandbox.create builds, with placeholder per-sandbox paths). If the two ever drift apart, the sandbox's key
- * differs and it builds its own template: a wasted `factory init`, never a wrong clone.
+ * The shapes `factory init` prepares: a pod without network (`kata-runtime run`, `ctr run`) and a pod with
+ * one interface (every CRI pod). Other shapes (more NICs, other sizes) get their template on first use.
  */
-export function sandboxVmConfigFor(config: RuntimeConfig, accel: VmConfig['accel']): VmConfig {
+export const TEMPLATE_VARIANTS = [
+  { name: 'no network', nics: 0 },
+  { name: 'one network interface', nics: 1 },
+] as const;
+
+/**
+ * The VM config a sandbox of this configuration with `nics` interfaces would start, as far as a template
+ * is concerned (what Sandbox.create builds, with placeholder per-sandbox paths and MACs). If the two ever
+ * drift apart, the sandbox's key differs and it builds its own template: a wasted `factory init`, never a
+ * wrong clone.
+ */
+export function sandboxVmConfigFor(config: RuntimeConfig, accel: VmConfig['accel'], nics = 0): VmConfig {
   const hv = config.hypervisor;
   if (hv.sharedFs !== 'virtio-9p') {
     throw errors.precondition(
@@ -27,33 +39,39 @@ export function sandboxVmConfigFor(config: RuntimeConfig, accel: VmConfig['accel
   }
   const vmDir = '/run/vc/vm/factory';
   const share: VmDevice = { kind: '9p', id: SHARE_FS_DEVICE_ID, hostPath: '/run/kata-containers/shared/sandboxes/factory/shared', tag: KATA_SHARED_TAG, readonly: false };
-  return sandboxVmConfig('factory', vmDir, config, [share], accel);
+  const nicDevices = Array.from({ length: nics }, (_, i): VmDevice => ({ kind: 'net-tap', id: vmDeviceId(i), ifname: tapName(i), mac: templateNicMac(vmDeviceId(i)) }));
+  return sandboxVmConfig('factory', vmDir, config, [share, ...nicDevices], accel);
 }
 
 export interface InitResult {
+  variant: string;
   meta: TemplateMeta;
   dir: string;
   /** False when a matching template already existed. */
   built: boolean;
 }
 
-/** `factory init`: makes sure the template for this configuration exists. */
-export async function initTemplate(
+/** `factory init`: makes sure the templates for this configuration (TEMPLATE_VARIANTS) exist. */
+export async function initTemplates(
   config: RuntimeConfig,
   accel: VmConfig['accel'],
   hypervisors: HypervisorFactory,
   opts: { signal?: AbortSignal },
   log: Logger,
-): Promise<InitResult> {
+): Promise<InitResult[]> {
   if (!config.factory.enableTemplate) {
     throw errors.precondition('KATA_TEMPLATE_DISABLED', 'VM templates are not enabled ([factory] enable_template = false)');
   }
-  const vmConfig = sandboxVmConfigFor(config, accel);
-  const why = templateIneligibility(vmConfig);
-  if (why) throw errors.precondition('KATA_TEMPLATE_UNSUPPORTED', `VM templates cannot be used: ${why}`);
-  const { template, built } = await obtainTemplate(vmConfig, config, hypervisors, { ...opts, retryFailedBuild: true }, log);
-  await template.release();
-  return { meta: template.meta, dir: template.dir, built };
+  const out: InitResult[] = [];
+  for (const v of TEMPLATE_VARIANTS) {
+    const vmConfig = sandboxVmConfigFor(config, accel, v.nics);
+    const why = templateIneligibility(vmConfig);
+    if (why) throw errors.precondition('KATA_TEMPLATE_UNSUPPORTED', `VM templates cannot be used: ${why}`);
+    const { template, built } = await obtainTemplate(vmConfig, config, hypervisors, { ...opts, retryFailedBuild: true }, log);
+    await template.release();
+    out.push({ variant: v.name, meta: template.meta, dir: template.dir, built });
+  }
+  return out;
 }
 
 export interface TemplateStatus {
@@ -62,12 +80,12 @@ export interface TemplateStatus {
   lockPath: string;
   mount: StoreMount;
   templates: TemplateListing[];
-  /** The key this configuration needs, or why it has none. */
-  currentKey?: string;
+  /** The keys this configuration needs (per TEMPLATE_VARIANTS), or why it has none. */
+  currentKeys: { variant: string; key: string }[];
   currentKeyProblem?: string;
-  /** A complete template for the current configuration exists. */
-  matches: boolean;
-  /** For templates of other keys: what differs from the current configuration. */
+  /** Per variant: a complete template for it exists. */
+  matches: Record<string, boolean>;
+  /** For templates of no current key: what differs from the closest variant of the configuration. */
   differences: Record<string, string[]>;
 }
 
@@ -79,19 +97,25 @@ export async function templateStatus(config: RuntimeConfig, accel: VmConfig['acc
     lockPath: store.lockPath,
     mount: await store.mountState(),
     templates: await store.list(),
-    matches: false,
+    currentKeys: [],
+    matches: {},
     differences: {},
   };
   try {
-    const vmConfig = sandboxVmConfigFor(config, accel);
-    const why = templateIneligibility(vmConfig);
-    if (why) throw errors.precondition('KATA_TEMPLATE_UNSUPPORTED', why);
-    const { key, inputs } = templateKey(vmConfig);
-    status.currentKey = key;
+    const ids = TEMPLATE_VARIANTS.map((v) => {
+      const vmConfig = sandboxVmConfigFor(config, accel, v.nics);
+      const why = templateIneligibility(vmConfig);
+      if (why) throw errors.precondition('KATA_TEMPLATE_UNSUPPORTED', why);
+      return { variant: v.name, ...templateKey(vmConfig) };
+    });
+    status.currentKeys = ids.map(({ variant, key }) => ({ variant, key }));
+    for (const id of ids) status.matches[id.variant] = status.templates.some((t) => t.meta?.key === id.key && !t.problem);
     for (const t of status.templates) {
-      if (!t.meta) continue;
-      if (t.meta.key === key && !t.problem) status.matches = true;
-      else if (t.meta.key !== key) status.differences[t.dir] = describeMismatch(t.meta.inputs, inputs);
+      if (!t.meta || ids.some((id) => id.key === t.meta!.key)) continue;
+      // Compared with the variant of the same NIC count when there is one.
+      const nics = t.meta.inputs.qemuArgs.filter((a) => a.startsWith('tap,')).length;
+      const closest = ids[Math.min(nics, ids.length - 1)]!;
+      status.differences[t.dir] = describeMismatch(t.meta.inputs, closest.inputs);
     }
   } catch (err) {
     status.currentKeyProblem = (err as Error).message;
