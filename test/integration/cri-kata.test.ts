@@ -8,6 +8,7 @@ import * as cri from '../../src/protocol/gen/cri/api.js';
 import { criMessage } from '../helpers/cri-client.js';
 import { CriEnv, type CriHostSnapshot, type CriPod } from '../helpers/cri-env.js';
 import { writeTestConfig } from '../helpers/config.js';
+import { runCli } from '../helpers/run-cli.js';
 import { httpGet, retry } from '../helpers/wait.js';
 
 /**
@@ -19,6 +20,13 @@ const qemuOf = (sandboxId: string) =>
   execFileSync('ps', ['-eo', 'pid=,args='], { encoding: 'utf8' })
     .split('\n')
     .filter((l) => l.includes('qemu-system') && l.includes(`/run/vc/vm/${sandboxId}/`));
+
+/** How the pod's VM started (`vm_origin` of the shim's kata_shim_sandbox_info metric). */
+async function vmOrigin(sandboxId: string): Promise<string | undefined> {
+  const r = await runCli(['metrics', sandboxId]);
+  assert.equal(r.code, 0, r.stderr);
+  return /^kata_shim_sandbox_info\{[^}]*vm_origin="([^"]+)"/m.exec(r.stdout)?.[1];
+}
 
 describe('Kubernetes path: CRI RuntimeClass handler kata, CNI, volumes', () => {
   let env: CriEnv;
@@ -67,9 +75,11 @@ describe('Kubernetes path: CRI RuntimeClass handler kata, CNI, volumes', () => {
     });
     t.diagnostic(`kata: RunPodSandbox-to-running ${(performance.now() - t0).toFixed(0)} ms`);
 
-    // One VM for the pod (the pause container's), none for the app container.
+    // One VM for the pod (the pause container's), none for the app container; a clone of a VM template
+    // (the shipped configuration's default), NIC included.
     assert.equal(qemuOf(pod.id).length, 1);
     assert.equal(qemuOf(web).length, 0);
+    assert.equal(await vmOrigin(pod.id), 'template');
 
     // Network: the CNI address is the guest's; the host reaches the pod; the pod reaches the gateway.
     const ip = await pod.ip();
@@ -151,6 +161,7 @@ describe('Kubernetes path: CRI RuntimeClass handler kata, CNI, volumes', () => {
     const ip = await pod.ip();
     const res = await retry(() => httpGet(ip, 8080, '/index.html'), 30_000);
     assert.equal(res.body, 'macvtap\n');
+    assert.equal(await vmOrigin(pod.id), 'template', 'a clone backs its NIC with the macvtap fd');
     await pod.remove();
     assert.equal(qemuOf(pod.id).length, 0);
     assert.deepEqual(await env.leakedSince(baseline), { netns: [], veths: [], shims: [], mounts: [], cniState: [] });

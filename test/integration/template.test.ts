@@ -217,6 +217,12 @@ describe('VM templates (real QEMU, real guest)', { timeout: 20 * 60_000 }, () =>
     assert.equal(w.out.trim(), 'written-by-a');
     const seen = await run(b, 'test -e /dev/marker && echo present || echo absent');
     assert.equal(seen.out.trim(), 'absent', 'B never sees what A wrote');
+    // The same in the container root filesystems (each on its sandbox's 9p share).
+    const wr = await run(a, 'echo from-a > /rootfs-marker && echo ok');
+    assert.equal(wr.out.trim(), 'ok');
+    assert.equal(readFileSync(join(bundles.at(-1)!.rootfs, 'rootfs-marker'), 'utf8'), 'from-a\n', "A's write reached its rootfs on the host");
+    const seenRootfs = await run(b, 'test -e /rootfs-marker && echo present || echo absent');
+    assert.equal(seenRootfs.out.trim(), 'absent');
     assert.equal(sha256File(mem), hashBefore, 'the template memory file is never written by clones');
     assert.equal(statSync(mem).mtimeMs, mtimeBefore);
   });

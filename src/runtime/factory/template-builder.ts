@@ -9,7 +9,7 @@ import { mkdir, open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { CleanupStack } from '../../base/cleanup.js';
-import { wrapError } from '../../base/errors.js';
+import { errors, wrapError } from '../../base/errors.js';
 import { sleep } from '../../base/deadline.js';
 import type { Logger } from '../../base/logger.js';
 import { AgentClient } from '../../agent-client/agent-client.js';
@@ -95,7 +95,11 @@ export async function buildTemplate(
     undo.push('remove template VM', () => hv.cleanup());
     await hv.start({ timeoutMs: opts.bootTimeoutMs, signal: opts.signal });
     const vmGone = new AbortController();
-    void hv.wait().then(() => vmGone.abort());
+    let exitInfo = '';
+    void hv.wait().then((e) => {
+      exitInfo = e.signal ? `signal ${e.signal}` : `exit code ${e.code}`;
+      vmGone.abort();
+    });
     const onAbort = () => vmGone.abort();
     opts.signal?.addEventListener('abort', onAbort, { once: true });
     try {
@@ -111,6 +115,10 @@ export async function buildTemplate(
       }
     } catch (err) {
       const tail = (await hv.consoleTail(15).catch(() => [] as string[])).join('\n');
+      // The VM exiting cancels the dial: that is the template VM failing, not the caller cancelling.
+      if (exitInfo && !opts.signal?.aborted) {
+        throw errors.unavailable('KATA_VM_DIED', `template VM exited during boot (${exitInfo}); last guest console lines:\n${tail}`, err);
+      }
       throw wrapError(`template VM agent (last guest console lines:\n${tail})`, err);
     } finally {
       opts.signal?.removeEventListener('abort', onAbort);
