@@ -257,6 +257,8 @@ describe('pod network: tcfilter, end to end', () => {
       ['mask', () => sandbox!.agent.call('UpdateInterface', { interface: { ...base, IPAddresses: [{ family: 0, address: '1.2.3.4', mask: '33' }] } })],
       ['family mismatch', () => sandbox!.agent.call('UpdateInterface', { interface: { ...base, IPAddresses: [{ family: 1, address: '1.2.3.4', mask: '24' }] } })],
       ['mac', () => sandbox!.agent.call('UpdateInterface', { interface: { ...base, hwAddr: 'zz:00:00:00:00:00' } })],
+      ['devicePath (a PCI path)', () => sandbox!.agent.call('UpdateInterface', { interface: { ...base, devicePath: '0000:00:02.0' } })],
+      ['devicePath mac', () => sandbox!.agent.call('UpdateInterface', { interface: { ...base, devicePath: 'mac=-x up' } })],
       ['route dest', () => sandbox!.agent.call('UpdateRoutes', { routes: { Routes: [{ ...res.routes[0]!, dest: '10.0.0.0/8 table 5' }] } })],
       ['route gateway', () => sandbox!.agent.call('UpdateRoutes', { routes: { Routes: [{ ...res.routes[0]!, gateway: '--help' }] } })],
       ['neighbour', () => sandbox!.agent.call('AddARPNeighbors', { neighbors: { ARPNeighbors: [{ ...res.neighbors[0]!, lladdr: '-a' }] } })],
