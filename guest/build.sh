@@ -271,6 +271,10 @@ build_image() { # DEST_DIR
 	done
 	chmod 0755 "$R/usr/lib/kata-agent/node_modules/node-pty/build/Release/pty.node"
 	install -m 0644 "$AGENT" "$R/usr/lib/kata-agent/agent.js"
+	# A read-only container root filesystem for the VM template's warm-up container (busybox, hard-linked).
+	mkdir -p "$R/usr/lib/kata-agent/warmup-rootfs"/{bin,dev,proc,sys,tmp,etc}
+	ln "$R/bin/busybox" "$R/usr/lib/kata-agent/warmup-rootfs/bin/busybox"
+	ln -s busybox "$R/usr/lib/kata-agent/warmup-rootfs/bin/sh"
 
 	echo 'root:x:0:0:root:/root:/bin/sh' >"$R/etc/passwd"
 	echo 'root:x:0:' >"$R/etc/group"

@@ -10,6 +10,7 @@ import type { Crun } from './crun.js';
 import { GuestProcess } from './guest-process.js';
 import { guestUnmount, run } from './guest-mount.js';
 import { checkGuestPath, type SandboxStorages } from './storage.js';
+import { GUEST_WARMUP_ROOTFS } from '../protocol/guest-paths.js';
 
 export const CONTAINERS_DIR = '/run/kata-containers';
 const CRUN_ENV = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' };
@@ -40,7 +41,7 @@ export class GuestContainer {
     const spec = specFromProto(req.OCI);
     if (!spec.process) throw errors.invalid('KATA_SPEC_INVALID', `container ${id}: spec has no process`);
     if (!spec.root) throw errors.invalid('KATA_SPEC_INVALID', `container ${id}: spec has no root`);
-    checkGuestPath(spec.root.path, 'root.path');
+    if (!(spec.root.path === GUEST_WARMUP_ROOTFS && spec.root.readonly)) checkGuestPath(spec.root.path, 'root.path');
 
     const bundleDir = join(CONTAINERS_DIR, 'bundles', id);
     const c = new GuestContainer(id, bundleDir, crun, log.child({ containerId: id }));
