@@ -35,7 +35,7 @@ const NGINX_COMMAND = ['sh', '-c', `nginx -g 'daemon off;' 2>&1 | cat`];
 /**
  * Where an HTTP request's time goes: the same nginx without access log, answering from no file at all, from a
  * file on tmpfs (/dev/shm: a guest tmpfs under kata-ts) and from the image's rootfs (overlayfs for runc, shared
- * from the host over virtio-fs for kata-ts). One ab run each, after the measured runs, in the same pod.
+ * from the host over 9p, the shipped default, for kata-ts). One ab run each, after the measured runs, in the same pod.
  */
 const DIAG_CONF = `worker_processes 1; pid /tmp/nginx-diag.pid; error_log stderr notice;
 events { worker_connections 256; }
@@ -57,7 +57,7 @@ const DIAG_COMMAND = [
 const DIAG_PATHS: [string, string][] = [
   ['/ret', 'no file (return 200)'],
   ['/shm/index.html', 'index.html on tmpfs (/dev/shm)'],
-  ['/index.html', 'index.html on the rootfs (kata-ts: virtio-fs)'],
+  ['/index.html', 'index.html on the rootfs (kata-ts: 9p share)'],
 ];
 const DIAG_REQUESTS = 3000;
 const DIAG_SECONDS = 5;
@@ -335,7 +335,7 @@ async function measureHttp(env: CriEnv, n: number): Promise<Section> {
     ...variants.filter((v) => results[v.key]!.error && results[v.key]!.samples.length > 0).map((v) => `   ${v.key} error: ${results[v.key]!.error}`),
     '',
     table(refRows),
-    `   this machine: ${cpus().length} cores shared by ab, nginx and QEMU; QEMU TCG (no KVM); kata-ts rootfs on virtio-fs.`,
+    `   this machine: ${cpus().length} cores shared by ab, nginx and QEMU; QEMU TCG (no KVM); kata-ts rootfs on the 9p share (shipped default; pods are template clones).`,
     '',
     `   where the time goes: nginx without access log, one ab -k -c ${AB_CONCURRENCY} -n ${DIAG_REQUESTS} -t ${DIAG_SECONDS} run per path, req/s`,
     table(diagRows),
