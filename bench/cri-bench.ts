@@ -426,6 +426,10 @@ async function measureIperf(env: CriEnv, n: number, macvtapReady: string | undef
             name: 'iperf3',
             image: 'busybox',
             command: [loader, '--library-path', '/iperf', '/iperf/iperf3', '-s', '-p', String(IPERF_PORT)],
+            // iperf3 makes each stream's buffer from a temporary file it unlinks, truncates and maps: on a 9p
+            // share (kata-ts's shipped rootfs) that fails with EBADF, so its temporary files go to /dev/shm
+            // (tmpfs in both runtimes).
+            env: { TMPDIR: '/dev/shm' },
             mounts: [mount],
           });
           const ip = await pod.ip();

@@ -7,6 +7,7 @@ import type { Logger } from '../../base/logger.js';
 import type { VmDevice } from '../../hypervisor/hypervisor.js';
 import { bindMount, makePrivate, makeShared, makeSlave, remountReadOnly, unmount, unmountTree } from '../../platform/mount.js';
 import { listMounts, mountsUnder } from '../../platform/mountinfo.js';
+import { checkId } from '../../base/ids.js';
 
 /** Kata's `shared_fs` values this runtime implements. */
 export type ShareFsKind = 'virtio-fs' | 'virtio-9p';
@@ -63,16 +64,6 @@ export interface ShareFs {
    * fresh instance too (after a restart), never follows a symlink out of the sandbox dir.
    */
   cleanup(): Promise<void>;
-}
-
-const ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
-const MAX_ID_LENGTH = 128;
-
-/** Kata's id rule; refuses anything that could escape a directory (`/`, `..`, NUL). */
-export function validateId(id: string, what: 'sandboxId' | 'containerId'): void {
-  if (typeof id !== 'string' || id.length > MAX_ID_LENGTH || !ID_RE.test(id)) {
-    throw errors.invalid('KATA_INVALID_ID', `${what} ${JSON.stringify(id)} is not a valid id ([A-Za-z0-9][A-Za-z0-9_.-]*)`);
-  }
 }
 
 /** The last component of an OCI mount destination, refused if it could name anything but one entry. */
@@ -153,7 +144,7 @@ export class KataSharedDir {
   private readonly shared = new Map<string, Set<string>>();
 
   constructor(opts: { sandboxId: string; sharedRoot?: string }, log: Logger) {
-    validateId(opts.sandboxId, 'sandboxId');
+    checkId(opts.sandboxId, 'sandbox id');
     this.sandboxId = opts.sandboxId;
     this.sharedRoot = absolute(opts.sharedRoot ?? DEFAULT_SHARED_ROOT, 'sharedRoot');
     this.log = log;
@@ -230,7 +221,7 @@ export class KataSharedDir {
   }
 
   async shareRootfs(containerId: string, hostRootfsDir: string): Promise<string> {
-    validateId(containerId, 'containerId');
+    checkId(containerId, 'container id');
     absolute(hostRootfsDir, 'rootfs');
     await this.ensurePrepared();
     const cdir = path.join(this.mountsDir, containerId);
@@ -267,7 +258,7 @@ export class KataSharedDir {
     readonly: boolean,
     requireFile = false,
   ): Promise<string> {
-    validateId(containerId, 'containerId');
+    checkId(containerId, 'container id');
     absolute(hostSource, 'mount source');
     const base = shareNameComponent(destination);
     await this.ensurePrepared();
@@ -316,7 +307,7 @@ export class KataSharedDir {
   }
 
   async unshareContainer(containerId: string): Promise<void> {
-    validateId(containerId, 'containerId');
+    checkId(containerId, 'container id');
     if (this.resolvedRoot === undefined) await this.resolveRoot(false);
     const names = new Set(this.shared.get(containerId) ?? []);
     // The rootfs dir name is unambiguous even without our in-memory record (e.g. after a restart).
