@@ -167,6 +167,24 @@ describe('Kubernetes path: CRI RuntimeClass handler kata, CNI, volumes', () => {
     assert.deepEqual(await env.leakedSince(baseline), { netns: [], veths: [], shims: [], mounts: [], cniState: [] });
   });
 
+  test('a pod that asks for virtio-fs (shared_fs annotation, enabled in the shipped config) boots cold with virtiofsd', async () => {
+    const pod = await env.runPod({
+      handler: 'kata',
+      name: 'vfs',
+      resources: null,
+      annotations: { 'io.katacontainers.config.hypervisor.shared_fs': 'virtio-fs' },
+    });
+    await pod.runContainer({ name: 'httpd', command: ['sh', '-c', 'echo virtio-fs > /index.html && exec httpd -f -p 8080 -h /'] });
+    const res = await retry(async () => httpGet(await pod.ip(), 8080, '/index.html'), 30_000);
+    assert.equal(res.body, 'virtio-fs\n');
+    const metrics = await runCli(['metrics', pod.id]);
+    assert.match(metrics.stdout, /^kata_shim_sandbox_info\{[^}]*shared_fs="virtio-fs"[^}]*vm_origin="cold-boot"/m);
+    assert.match(metrics.stdout, /^kata_virtiofsd_processes [1-9]/m);
+    await pod.remove();
+    assert.equal(qemuOf(pod.id).length, 0);
+    assert.deepEqual(await env.leakedSince(baseline), { netns: [], veths: [], shims: [], mounts: [], cniState: [] });
+  });
+
   test('an annotation that enable_annotations does not allow fails the pod clearly; nothing leaks', async () => {
     await assert.rejects(
       env.runPod({ handler: 'kata', name: 'bad', annotations: { 'io.katacontainers.config.hypervisor.default_memory': '4096' } }),

@@ -417,10 +417,11 @@ describe('parseConfig: errors name the file and the key', () => {
 });
 
 describe('the shipped configuration-qemu.toml', () => {
-  it("parses, with Kata's defaults but the documented template path (9p, 512 KiB msize, templates on), and uses no unknown or unused key except documented ones", async () => {
+  it("parses, with Kata's defaults but the documented template path (9p, 512 KiB msize, templates on, shared_fs annotation), and uses no unknown or unused key except documented ones", async () => {
     const c = await loadConfig(SHIPPED, { host: HOST });
     assert.equal(c.sourcePath, SHIPPED);
-    assert.deepEqual(c.hypervisor, { ...parse('[hypervisor.qemu]\n').hypervisor, sharedFs: 'virtio-9p', msize9p: 524288 });
+    const kata = parse('[hypervisor.qemu]\n').hypervisor;
+    assert.deepEqual(c.hypervisor, { ...kata, sharedFs: 'virtio-9p', msize9p: 524288, enableAnnotations: [...kata.enableAnnotations, '^shared_fs$'] });
     assert.deepEqual(c.agent, defaultAgentConfig());
     assert.deepEqual(c.runtime, defaultRuntimeOptions());
     assert.deepEqual(c.factory, { ...defaultFactoryConfig(), enableTemplate: true });
