@@ -86,7 +86,7 @@ KSHA=$(awk '$1 == "SHA256:" { print $2; exit }' <<<"$KINFO")
 if [ -z "$KVER" ] || [ -z "$KSHA" ]; then die "apt-cache show $KPKG gave no version/SHA256"; fi
 
 # Every builder file that shapes an output; a change to any of them changes every key.
-BUILDER_HASH=$(cd "$GUEST_DIR" && for f in build.sh lib/common.sh initrd/init init/kata-init.c; do
+BUILDER_HASH=$(cd "$GUEST_DIR" && for f in build.sh lib/common.sh initrd/init init/kata-init.c init/kata-settime.c; do
 	printf '%s %s\n' "$f" "$(sha256_file "$f")"
 done | sha256_stdin)
 
@@ -265,6 +265,7 @@ build_image() { # DEST_DIR
 	done
 
 	gcc -static -Os -s -Wall -Wl,--build-id=none -o "$R/sbin/init" "$GUEST_DIR/init/kata-init.c"
+	gcc -static -Os -s -Wall -Wl,--build-id=none -o "$R/usr/bin/kata-settime" "$GUEST_DIR/init/kata-settime.c"
 
 	node_pty_files | while read -r f; do
 		install -D -m 0644 "$NODE_PTY_DIR/$f" "$R/usr/lib/kata-agent/node_modules/node-pty/$f"

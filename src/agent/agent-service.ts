@@ -169,7 +169,12 @@ export class AgentService {
       GetMetrics: async () => ({ metrics: await guestMetrics(this.containers.size) }),
 
       SetGuestDateTime: async (req) => {
-        await run('date', ['-u', '-s', `@${req.Sec}`]);
+        // The guest's monotonic clock now, so that the helper adds the time it took to start (see kata-settime.c).
+        const receivedAt = process.hrtime.bigint();
+        if (!Number.isSafeInteger(req.Sec) || req.Sec < 0 || !Number.isSafeInteger(req.Usec) || req.Usec < 0 || req.Usec >= 1_000_000) {
+          throw errors.invalid('KATA_BAD_TIME', `invalid time ${req.Sec}.${req.Usec}`);
+        }
+        await run('kata-settime', [String(req.Sec), String(req.Usec * 1000), String(receivedAt)]);
         return EMPTY;
       },
 

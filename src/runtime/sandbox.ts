@@ -165,10 +165,11 @@ export class Sandbox {
       // 4. The guest's identity (a template clone shares its template's RNG state and clock), then the
       //    sandbox inside the guest.
       const storage = shareFs.guestStorage();
-      const now = Date.now();
       await agent.call('ReseedRandomDev', { data: randomBytes(64) });
       if (started.origin === 'template') {
-        // A clone wakes up with its template's clock; a cold boot read the RTC moments ago.
+        // A clone wakes up with its template's clock; a cold boot read the RTC moments ago. The agent adds the
+        // time from receiving this to setting the clock.
+        const now = Date.now();
         await agent.call('SetGuestDateTime', { Sec: Math.floor(now / 1000), Usec: (now % 1000) * 1000 }).catch((err) =>
           log.warn({ err }, 'setting guest clock failed'),
         );

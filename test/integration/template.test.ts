@@ -211,6 +211,16 @@ describe('VM templates (real QEMU, real guest)', { timeout: 20 * 60_000 }, () =>
     assert.equal(hostA, 'clone-a');
     assert.equal(hostB, 'clone-b');
 
+    // The clone's wall clock is the host's (it woke up with the template's): the guest's time while the
+    // container runs lies between the host's before creating it and after it exited (50 ms of slack).
+    const hostBefore = Date.now() / 1000;
+    const clock = await run(a, 'adjtimex | grep -E "time.tv_(sec|usec)"');
+    const hostAfter = Date.now() / 1000;
+    const sec = Number(/tv_sec:\s+(\d+)/.exec(clock.out)?.[1]);
+    const usec = Number(/tv_usec:\s+(\d+)/.exec(clock.out)?.[1]);
+    const guest = sec + usec / 1e6;
+    assert.ok(guest >= hostBefore - 0.05 && guest <= hostAfter + 0.05, `guest ${guest} not within host [${hostBefore}, ${hostAfter}]: ${clock.out}`);
+
     // A writes 32 MiB into its guest RAM (a tmpfs in the guest): copy-on-write pages of its own.
     const w = await run(a, 'dd if=/dev/zero bs=1M count=32 2>/dev/null | tr "\\000" "A" > /dev/marker && echo written-by-a >> /dev/marker && tail -c 13 /dev/marker');
     assert.equal(w.status, 0, w.out);
