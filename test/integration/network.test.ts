@@ -262,6 +262,8 @@ describe('pod network: tcfilter, end to end', () => {
       ['route dest', () => sandbox!.agent.call('UpdateRoutes', { routes: { Routes: [{ ...res.routes[0]!, dest: '10.0.0.0/8 table 5' }] } })],
       ['route gateway', () => sandbox!.agent.call('UpdateRoutes', { routes: { Routes: [{ ...res.routes[0]!, gateway: '--help' }] } })],
       ['neighbour', () => sandbox!.agent.call('AddARPNeighbors', { neighbors: { ARPNeighbors: [{ ...res.neighbors[0]!, lladdr: '-a' }] } })],
+      ['clock before 1970', () => sandbox!.agent.call('SetGuestDateTime', { Sec: -5, Usec: 0 })],
+      ['clock microseconds', () => sandbox!.agent.call('SetGuestDateTime', { Sec: 1, Usec: 1_000_000 })],
     ];
     for (const [what, call] of bad) {
       await assert.rejects(call(), (err: unknown) => {
