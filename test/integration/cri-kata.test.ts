@@ -150,39 +150,34 @@ describe('Kubernetes path: CRI RuntimeClass handler kata, CNI, volumes', () => {
     assert.deepEqual(await env.leakedSince(baseline), { netns: [], veths: [], shims: [], mounts: [], cniState: [] });
   });
 
-  test('macvtap interworking (runtime annotation): the host reaches the pod through the macvtap', async () => {
-    const pod = await env.runPod({
-      handler: 'kata',
-      name: 'mvt',
-      resources: null,
-      annotations: { 'io.katacontainers.config.runtime.internetworking_model': 'macvtap' },
-    });
-    await pod.runContainer({ name: 'httpd', command: ['sh', '-c', 'echo macvtap > /index.html && exec httpd -f -p 8080 -h /'] });
+  /** A kata pod with `annotations` whose busybox httpd serves `name`; checks the host gets it. */
+  async function annotatedHttpdPod(name: string, annotations: Record<string, string>): Promise<CriPod> {
+    const pod = await env.runPod({ handler: 'kata', name, resources: null, annotations });
+    await pod.runContainer({ name: 'httpd', command: ['sh', '-c', `echo ${name} > /index.html && exec httpd -f -p 8080 -h /`] });
     const ip = await pod.ip();
     const res = await retry(() => httpGet(ip, 8080, '/index.html'), 30_000);
-    assert.equal(res.body, 'macvtap\n');
-    assert.equal(await vmOrigin(pod.id), 'template', 'a clone backs its NIC with the macvtap fd');
+    assert.equal(res.body, `${name}\n`);
+    return pod;
+  }
+
+  async function removeLeavingNothing(pod: CriPod): Promise<void> {
     await pod.remove();
     assert.equal(qemuOf(pod.id).length, 0);
     assert.deepEqual(await env.leakedSince(baseline), { netns: [], veths: [], shims: [], mounts: [], cniState: [] });
+  }
+
+  test('macvtap interworking (runtime annotation): the host reaches the pod through the macvtap', async () => {
+    const pod = await annotatedHttpdPod('mvt', { 'io.katacontainers.config.runtime.internetworking_model': 'macvtap' });
+    assert.equal(await vmOrigin(pod.id), 'template', 'a clone backs its NIC with the macvtap fd');
+    await removeLeavingNothing(pod);
   });
 
   test('a pod that asks for virtio-fs (shared_fs annotation, enabled in the shipped config) boots cold with virtiofsd', async () => {
-    const pod = await env.runPod({
-      handler: 'kata',
-      name: 'vfs',
-      resources: null,
-      annotations: { 'io.katacontainers.config.hypervisor.shared_fs': 'virtio-fs' },
-    });
-    await pod.runContainer({ name: 'httpd', command: ['sh', '-c', 'echo virtio-fs > /index.html && exec httpd -f -p 8080 -h /'] });
-    const res = await retry(async () => httpGet(await pod.ip(), 8080, '/index.html'), 30_000);
-    assert.equal(res.body, 'virtio-fs\n');
+    const pod = await annotatedHttpdPod('vfs', { 'io.katacontainers.config.hypervisor.shared_fs': 'virtio-fs' });
     const metrics = await runCli(['metrics', pod.id]);
     assert.match(metrics.stdout, /^kata_shim_sandbox_info\{[^}]*shared_fs="virtio-fs"[^}]*vm_origin="cold-boot"/m);
     assert.match(metrics.stdout, /^kata_virtiofsd_processes [1-9]/m);
-    await pod.remove();
-    assert.equal(qemuOf(pod.id).length, 0);
-    assert.deepEqual(await env.leakedSince(baseline), { netns: [], veths: [], shims: [], mounts: [], cniState: [] });
+    await removeLeavingNothing(pod);
   });
 
   test('an annotation that enable_annotations does not allow fails the pod clearly; nothing leaks', async () => {
