@@ -9,7 +9,8 @@ import { resourcesFromProto } from '../protocol/oci-spec.js';
 import { readCgroupStats } from './cgroup-stats.js';
 import type { Crun } from './crun.js';
 import { GuestContainer } from './guest-container.js';
-import { guestUnmount, run } from './guest-mount.js';
+import { commandShell } from './command-shell.js';
+import { guestUnmount } from './guest-mount.js';
 import { networkHandlers } from './network.js';
 import { OomWatcher } from './oom-watcher.js';
 import { checkGuestPath, mountStorage, SandboxStorages } from './storage.js';
@@ -174,7 +175,7 @@ export class AgentService {
         if (!Number.isSafeInteger(req.Sec) || req.Sec < 0 || !Number.isSafeInteger(req.Usec) || req.Usec < 0 || req.Usec >= 1_000_000) {
           throw errors.invalid('KATA_BAD_TIME', `invalid time ${req.Sec}.${req.Usec}`);
         }
-        await run('kata-settime', [String(req.Sec), String(req.Usec * 1000), String(receivedAt)]);
+        await commandShell.run('kata-settime', [String(req.Sec), String(req.Usec * 1000), String(receivedAt)]);
         return EMPTY;
       },
 

@@ -4,7 +4,7 @@ import { errors } from '../base/errors.js';
 import type { Logger } from '../base/logger.js';
 import type { AgentHandlers } from '../protocol/agent-api.js';
 import { IPFamily, type ARPNeighbor, type Interface, type IPAddress, type Route } from '../protocol/gen/types.js';
-import { run } from './guest-mount.js';
+import { commandShell } from './command-shell.js';
 
 /**
  * The guest side of the pod network: UpdateInterface, UpdateRoutes, AddARPNeighbors, ListInterfaces and
@@ -146,7 +146,7 @@ async function linkExists(name: string): Promise<boolean> {
 /** Addresses of every link, from `ip -o addr show`. */
 async function addressesByLink(): Promise<Map<string, IPAddress[]>> {
   const out = new Map<string, IPAddress[]>();
-  for (const line of (await run('ip', ['-o', 'addr', 'show'])).split('\n')) {
+  for (const line of (await commandShell.run('ip', ['-o', 'addr', 'show'])).split('\n')) {
     // "3: eth0    inet 10.88.1.2/24 brd ... scope global eth0\ ..."
     const m = /^\d+:\s+(\S+?)(?:@\S+)?\s+(inet6?)\s+([0-9a-fA-F.:]+)\/(\d+)/.exec(line);
     if (!m) continue;
@@ -205,8 +205,8 @@ export function parseRoutes(text: string, family: IPFamily): Route[] {
 }
 
 async function listRoutes(): Promise<Route[]> {
-  const v4 = parseRoutes(await run('ip', ipArgs(IPFamily.v4, 'route', 'list')), IPFamily.v4);
-  const v6 = parseRoutes(await run('ip', ipArgs(IPFamily.v6, 'route', 'list')), IPFamily.v6);
+  const v4 = parseRoutes(await commandShell.run('ip', ipArgs(IPFamily.v4, 'route', 'list')), IPFamily.v4);
+  const v6 = parseRoutes(await commandShell.run('ip', ipArgs(IPFamily.v6, 'route', 'list')), IPFamily.v6);
   return [...v4, ...v6];
 }
 
@@ -285,12 +285,12 @@ export function networkHandlers(log: Logger): NetworkHandlers {
       }
       // Another NIC holds the name the kernel gave it (eth0, eth1 ...): move it aside; it gets its own later.
       const aside = `kt${await sysAttr(wanted, 'ifindex')}`;
-      await run('ip', ['link', 'set', 'dev', wanted, 'down']);
-      await run('ip', ['link', 'set', 'dev', wanted, 'name', aside]);
+      await commandShell.run('ip', ['link', 'set', 'dev', wanted, 'down']);
+      await commandShell.run('ip', ['link', 'set', 'dev', wanted, 'name', aside]);
       nlog.debug({ from: wanted, to: aside }, 'moved a NIC out of the way');
     }
-    await run('ip', ['link', 'set', 'dev', current, 'down']);
-    await run('ip', ['link', 'set', 'dev', current, 'name', wanted]);
+    await commandShell.run('ip', ['link', 'set', 'dev', current, 'down']);
+    await commandShell.run('ip', ['link', 'set', 'dev', current, 'name', wanted]);
   }
 
   async function updateInterface(iface: Interface): Promise<Interface> {
@@ -315,21 +315,21 @@ export function networkHandlers(log: Logger): NetworkHandlers {
     else throw errors.invalid('KATA_NET_INVALID', `interface ${name}: no MAC address to find it by`);
 
     // Loopback is the container's too; Kata's agent brings it up with the sandbox.
-    await run('ip', ['link', 'set', 'dev', 'lo', 'up']).catch((err: unknown) => nlog.warn({ err }, 'bringing up lo failed'));
+    await commandShell.run('ip', ['link', 'set', 'dev', 'lo', 'up']).catch((err: unknown) => nlog.warn({ err }, 'bringing up lo failed'));
 
     if (current !== name) await rename(current, name);
     if (mac) configured.set(mac, name);
-    await run('ip', ['addr', 'flush', 'dev', name]);
+    await commandShell.run('ip', ['addr', 'flush', 'dev', name]);
     for (const a of addrs) {
       const v4 = !a.includes(':');
-      await run('ip', v4 ? ['addr', 'add', a, 'broadcast', '+', 'dev', name] : ['addr', 'add', a, 'dev', name]);
+      await commandShell.run('ip', v4 ? ['addr', 'add', a, 'broadcast', '+', 'dev', name] : ['addr', 'add', a, 'dev', name]);
     }
     // One command for the rest: every exec costs tens of ms in a TCG guest.
     const link = ['link', 'set', 'dev', name];
     if (newMac) link.push('address', newMac);
     if (mtu > 0) link.push('mtu', String(mtu));
     link.push('arp', iface.rawFlags & IFF_NOARP ? 'off' : 'on', 'up');
-    await run('ip', link);
+    await commandShell.run('ip', link);
     nlog.info({ name, was: current, mac, macWas: newMac ? locator : undefined, mtu, addresses: addrs }, 'interface updated');
     return describe(name, await addressesByLink());
   }
@@ -347,11 +347,11 @@ export function networkHandlers(log: Logger): NetworkHandlers {
       const args = [r.dest === '' ? 'default' : r.dest];
       if (r.gateway) args.push('via', r.gateway);
       args.push('dev', r.device);
-      await run('ip', ipArgs(r.family, 'route', 'del', ...args)).catch((err: unknown) => nlog.warn({ err, route: args }, 'deleting a route failed'));
+      await commandShell.run('ip', ipArgs(r.family, 'route', 'del', ...args)).catch((err: unknown) => nlog.warn({ err, route: args }, 'deleting a route failed'));
     }
     // Direct routes first: a gateway must be reachable when its route is added.
     for (const r of [...checked.filter((c) => !c.hasGateway), ...checked.filter((c) => c.hasGateway)]) {
-      await run('ip', ipArgs(r.family, 'route', 'replace', ...r.args));
+      await commandShell.run('ip', ipArgs(r.family, 'route', 'replace', ...r.args));
     }
     nlog.info({ routes: checked.length, devices: [...devices] }, 'routes updated');
     return listRoutes();
@@ -370,7 +370,7 @@ export function networkHandlers(log: Logger): NetworkHandlers {
     });
     for (const n of checked) {
       // busybox arp -s makes a permanent entry (ATF_PERM), replacing any existing one.
-      await run('arp', ['-i', n.device, '-s', n.ip, n.lladdr]);
+      await commandShell.run('arp', ['-i', n.device, '-s', n.ip, n.lladdr]);
     }
     nlog.info({ neighbors: checked.length }, 'neighbours added');
   }

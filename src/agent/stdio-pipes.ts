@@ -1,7 +1,7 @@
 import { closeSync, constants, openSync, rmSync } from 'node:fs';
 import { Socket } from 'node:net';
 import { join } from 'node:path';
-import { run } from './guest-mount.js';
+import { commandShell } from './command-shell.js';
 
 /**
  * Real pipes for a container's stdio. Node's `stdio: 'pipe'` gives a child UNIX sockets, and a process cannot
@@ -24,7 +24,7 @@ export async function makeStdioPipes(dir: string, tag: string): Promise<StdioPip
   rmSync(names[0]!, { force: true });
   rmSync(names[1]!, { force: true });
   rmSync(names[2]!, { force: true });
-  await run('mkfifo', ['-m', '0600', ...names]);
+  await commandShell.run('mkfifo', ['-m', '0600', ...names]);
   try {
     // stdin: a temporary holder makes the child's blocking read end open at once; our write end is non-blocking.
     const holder = openSync(names[0]!, constants.O_RDWR);
