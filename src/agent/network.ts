@@ -20,6 +20,7 @@ const SYS_NET = '/sys/class/net';
 const IFNAME_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}$/;
 const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
 const IFF_NOARP = 0x80;
+const IFF_UP = 0x1;
 const IFF_LOOPBACK = 0x8;
 const NIC_WAIT_MS = 3_000;
 /** Route types busybox prints before the destination; none of them belong in the pod's route list. */
@@ -314,8 +315,11 @@ export function networkHandlers(log: Logger): NetworkHandlers {
     } else if (iface.device && (await linkExists(checkName(iface.device, 'interface device')))) current = iface.device;
     else throw errors.invalid('KATA_NET_INVALID', `interface ${name}: no MAC address to find it by`);
 
-    // Loopback is the container's too; Kata's agent brings it up with the sandbox.
-    await commandShell.run('ip', ['link', 'set', 'dev', 'lo', 'up']).catch((err: unknown) => nlog.warn({ err }, 'bringing up lo failed'));
+    // Loopback is the container's too; Kata's agent brings it up with the sandbox (once: a command is ~70 ms).
+    const loFlags = parseInt(await sysAttr('lo', 'flags').catch(() => '0'), 16) || 0;
+    if (!(loFlags & IFF_UP)) {
+      await commandShell.run('ip', ['link', 'set', 'dev', 'lo', 'up']).catch((err: unknown) => nlog.warn({ err }, 'bringing up lo failed'));
+    }
 
     if (current !== name) await rename(current, name);
     if (mac) configured.set(mac, name);
