@@ -16,6 +16,12 @@ export interface PersistedSandbox {
   /** Container id -> the bundle rootfs the shim mounted (if it did). */
   containers: Record<string, { bundle: string; rootfsMounted: boolean }>;
   sharedFs: 'virtio-fs' | 'virtio-9p';
+  /**
+   * The process that runs the sandbox outside containerd (`kata-runtime run`), with a word of its command
+   * line. When it is gone (SIGKILL), the next `kata-runtime run` reaps the sandbox (reapOrphanedRuns).
+   * Absent for shim sandboxes: containerd's `shim delete` reaps those.
+   */
+  owner?: { pid: number; cmdlineContains: string };
 }
 
 export const persistPath = (stateDir: string) => join(stateDir, 'persist.json');

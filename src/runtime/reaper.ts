@@ -1,4 +1,4 @@
-import { readFile, rm } from 'node:fs/promises';
+import { readdir, readFile, rm } from 'node:fs/promises';
 import type { Logger } from '../base/logger.js';
 import { unmount } from '../platform/mount.js';
 import { createShareFs } from '../resource/sharefs/index.js';
@@ -40,9 +40,30 @@ export async function reapContainerRootfs(state: PersistedSandbox | undefined, c
   if (c?.rootfsMounted) await unmount(`${c.bundle}/rootfs`).catch((err) => log.warn({ err }, 'unmount rootfs'));
 }
 
-async function killIfOwned(pid: number, marker: string, log: Logger): Promise<void> {
+/**
+ * Reaps the sandboxes of `kata-runtime run` processes that died without tearing down (SIGKILL): those whose
+ * persisted owner no longer runs. Returns their ids. Shim sandboxes (no owner) are left to containerd.
+ */
+export async function reapOrphanedRuns(paths: RuntimePaths, log: Logger): Promise<string[]> {
+  const ids = await readdir(paths.sandboxRoot).catch(() => [] as string[]);
+  const reaped: string[] = [];
+  for (const id of ids) {
+    const state = await loadPersisted(sandboxStateDir(paths, id)).catch(() => undefined);
+    if (!state?.owner || (await isRunning(state.owner.pid, state.owner.cmdlineContains))) continue;
+    log.warn({ sandboxId: id, ownerPid: state.owner.pid }, 'the kata-runtime run of this sandbox is gone: reaping it');
+    await reapSandbox(paths, id, log);
+    reaped.push(id);
+  }
+  return reaped;
+}
+
+async function isRunning(pid: number, marker: string): Promise<boolean> {
   const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
-  if (!cmdline || !cmdline.includes(marker)) return;
+  return cmdline.includes(marker);
+}
+
+async function killIfOwned(pid: number, marker: string, log: Logger): Promise<void> {
+  if (!(await isRunning(pid, marker))) return;
   try {
     process.kill(pid, 'SIGKILL');
   } catch (err) {

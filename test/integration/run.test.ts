@@ -59,6 +59,32 @@ describe('kata-runtime run', () => {
     assert.ok(kb > 300 * 1024 && kb <= 384 * 1024, `MemTotal ${kb} kB for a 384 MiB VM`);
   });
 
+  test('a kata-runtime run killed with SIGKILL leaves its VM; the next run reaps it (VM, mounts, state)', async () => {
+    const vmsOfThisFile = () =>
+      execFileSync('ps', ['-eo', 'args='], { encoding: 'utf8' })
+        .split('\n')
+        .flatMap((l) => (l.includes('qemu-system') ? [new RegExp(`/run/vc/vm/(t${process.pid}x\\d+)/`).exec(l)?.[1]] : []))
+        .filter((x): x is string => x !== undefined);
+    const before = new Set(vmsOfThisFile());
+    const killed = await runInVm(['sh', '-c', 'echo up; exec sleep 600'], {
+      onStdout: (out, child) => {
+        if (out.includes('up')) child.kill('SIGKILL');
+      },
+    });
+    bundles.push(killed.bundle);
+    assert.equal(killed.code, null, 'killed');
+    const orphans = vmsOfThisFile().filter((id) => !before.has(id));
+    assert.equal(orphans.length, 1, 'SIGKILL cannot be caught: the VM outlives kata-runtime');
+    const id = orphans[0]!;
+    const next = await runInVm(['true']);
+    bundles.push(next.bundle);
+    assert.equal(next.code, 0, next.stderr);
+    assert.ok(!vmsOfThisFile().includes(id), 'the next run reaped the VM');
+    for (const d of [`/run/vc/vm/${id}`, `/run/vc/sbs/${id}`, `/run/kata-containers/shared/sandboxes/${id}`]) {
+      assert.equal(execFileSync('sh', ['-c', `test -e ${d} && echo yes || echo no`], { encoding: 'utf8' }).trim(), 'no', `${d} removed`);
+    }
+  });
+
   test('exit status propagates, and death by signal N gives 128+N', async () => {
     const r7 = await runInVm(['sh', '-c', 'exit 7']);
     bundles.push(r7.bundle);

@@ -5,7 +5,9 @@ import { errors } from '../../base/errors.js';
 import type { Logger } from '../../base/logger.js';
 import { parseOciSpec } from '../../protocol/oci-spec.js';
 import { defaultSandboxDeps } from '../../runtime/default-deps.js';
-import { defaultPaths } from '../../runtime/paths.js';
+import { defaultPaths, sandboxStateDir, vmDir } from '../../runtime/paths.js';
+import { savePersisted } from '../../runtime/persist.js';
+import { reapOrphanedRuns } from '../../runtime/reaper.js';
 import { Sandbox } from '../../runtime/sandbox.js';
 import { loadRuntimeConfig } from '../load-runtime-config.js';
 
@@ -40,11 +42,23 @@ export async function runCommand(containerId: string, opts: RunOptions, log: Log
     spec.process.consoleSize = { height: process.stdout.rows, width: process.stdout.columns };
   }
 
-  const sandbox = await Sandbox.create(
-    { sandboxId: containerId, config, paths: defaultPaths(), hostname: spec.hostname },
-    defaultSandboxDeps(),
-    log,
-  );
+  const paths = defaultPaths();
+  // Sandboxes of earlier runs that were killed before their teardown.
+  await reapOrphanedRuns(paths, log);
+  const sandbox = await Sandbox.create({ sandboxId: containerId, config, paths, hostname: spec.hostname }, defaultSandboxDeps(), log);
+  // What a later run needs to reap this sandbox should this process be killed.
+  await savePersisted(sandboxStateDir(paths, sandbox.id), {
+    sandboxId: sandbox.id,
+    vmDir: vmDir(paths, sandbox.id),
+    sharedRoot: paths.sharedRoot,
+    processes: sandbox.hostProcesses(),
+    containers: {},
+    sharedFs: sandbox.sharedFsKind,
+    owner: { pid: process.pid, cmdlineContains: 'kata-runtime' },
+  }).catch(async (err) => {
+    await teardown(sandbox, log);
+    throw err;
+  });
   const forward = (sig: NodeJS.Signals) => {
     container?.kill(osConstants.signals[sig]).catch((err) => log.warn({ err, sig }, 'forwarding signal failed'));
   };
