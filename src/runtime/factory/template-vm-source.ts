@@ -120,6 +120,7 @@ export function templateVmSource(hypervisors: HypervisorFactory, options: Templa
       if (!config.factory.enableTemplate) {
         return coldWith(config.factory.vmCacheNumber > 0 ? 'vm_cache_number > 0: the VM cache is not implemented by kata-ts' : undefined);
       }
+      if (config.factory.vmCacheNumber > 0) log.warn({ vmCacheNumber: config.factory.vmCacheNumber }, 'vm_cache_number > 0: the VM cache is not implemented by kata-ts; cloning from the template');
       const ineligible = templateIneligibility(vmConfig);
       if (ineligible) return coldWith(ineligible);
 
