@@ -3,8 +3,9 @@ import { errors } from '../base/errors.js';
 import { checkId } from '../base/ids.js';
 import type { Logger } from '../base/logger.js';
 import type { AgentClient } from '../agent-client/agent-client.js';
+import { createContainerRequest, ephemeralStorage } from '../agent-client/requests.js';
 import type { Storage } from '../protocol/gen/agent.js';
-import { processToProto, specToProto, type OciProcess, type OciSpec } from '../protocol/oci-spec.js';
+import { processToProto, type OciProcess, type OciSpec } from '../protocol/oci-spec.js';
 import type { ShareFs } from '../resource/sharefs/share-fs.js';
 import { Process } from './process.js';
 import type { HostStdio } from './process-io.js';
@@ -96,7 +97,7 @@ export class Container {
         if (emptyDir) {
           // A memory-backed emptyDir is a tmpfs in the guest, shared by the pod's containers (Kata's ephemeral).
           const mountPoint = `${GUEST_EPHEMERAL_DIR}/${emptyDir}`;
-          storages.push({ driver: 'ephemeral', driverOptions: [], source: 'tmpfs', fstype: 'tmpfs', options: [], mountPoint, fsGroup: undefined, shared: false });
+          storages.push(ephemeralStorage('tmpfs', mountPoint, []));
           mounts.push({ ...m, source: mountPoint });
           continue;
         }
@@ -109,23 +110,7 @@ export class Container {
         root: { path: guestRoot, readonly: opts.spec.root?.readonly ?? false },
         mounts,
       };
-      await agent.call(
-        'CreateContainer',
-        {
-          containerId: id,
-          execId: id,
-          stringUser: undefined,
-          devices: [],
-          storages,
-          OCI: specToProto(guestSpec),
-          sandboxPidns: false,
-          sharedMounts: [],
-          stdinPort: 0,
-          stdoutPort: 0,
-          stderrPort: 0,
-        },
-        { timeoutMs },
-      );
+      await agent.call('CreateContainer', createContainerRequest(id, guestSpec, storages), { timeoutMs });
       return new Container(agent, shareFs, id, opts.spec, opts.stdio, clog);
     } catch (err) {
       await shareFs.unshareContainer(id).catch((e) => clog.warn({ err: e }, 'unshare after failed create'));

@@ -5,6 +5,7 @@ import { errors, KataError, wrapError } from '../base/errors.js';
 import { checkId } from '../base/ids.js';
 import type { Logger } from '../base/logger.js';
 import { AgentClient } from '../agent-client/agent-client.js';
+import { createSandboxRequest, ephemeralStorage, guestDateTimeRequest } from '../agent-client/requests.js';
 import type { Hypervisor, VmDevice } from '../hypervisor/hypervisor.js';
 import { createPodNetwork, type PodNetworkResult } from '../resource/network/pod-network.js';
 import type { ShareFs } from '../resource/sharefs/share-fs.js';
@@ -169,41 +170,30 @@ export class Sandbox {
       if (started.origin === 'template') {
         // A clone wakes up with its template's clock; a cold boot read the RTC moments ago. The agent adds the
         // time from receiving this to setting the clock.
-        const now = Date.now();
-        await agent.call('SetGuestDateTime', { Sec: Math.floor(now / 1000), Usec: (now % 1000) * 1000 }).catch((err) =>
+        await agent.call('SetGuestDateTime', guestDateTimeRequest(Date.now())).catch((err) =>
           log.warn({ err }, 'setting guest clock failed'),
         );
       }
       if (net) {
         for (const i of net.interfaces) {
           // A clone's NIC still has its template's MAC: tell the agent where to find it (kata-ts's devicePath).
-          const now = started.guestNicMacs?.get(i.hwAddr.toLowerCase());
-          await agent.call('UpdateInterface', { interface: now ? { ...i, devicePath: `mac=${now}` } : i });
+          const templateMac = started.guestNicMacs?.get(i.hwAddr.toLowerCase());
+          await agent.call('UpdateInterface', { interface: templateMac ? { ...i, devicePath: `mac=${templateMac}` } : i });
         }
         await agent.call('UpdateRoutes', { routes: { Routes: net.routes } });
         if (net.neighbors.length > 0) await agent.call('AddARPNeighbors', { neighbors: { ARPNeighbors: net.neighbors } });
       }
-      await agent.call('CreateSandbox', {
-        hostname: opts.hostname ?? '',
-        dns: opts.dns ?? [],
-        storages: [
-          { ...storage, fsGroup: undefined, shared: false },
-          {
-            driver: 'ephemeral',
-            driverOptions: [],
-            source: 'shm',
-            fstype: 'tmpfs',
-            options: ['noexec', 'nosuid', 'nodev', 'mode=1777', 'size=67108864'],
-            mountPoint: GUEST_SANDBOX_SHM,
-            fsGroup: undefined,
-            shared: false,
-          },
-        ],
-        sandboxPidns: false,
-        sandboxId,
-        guestHookPath: '',
-        kernelModules: [],
-      });
+      await agent.call(
+        'CreateSandbox',
+        createSandboxRequest(sandboxId, {
+          hostname: opts.hostname,
+          dns: opts.dns,
+          storages: [
+            { ...storage, fsGroup: undefined, shared: false },
+            ephemeralStorage('shm', GUEST_SANDBOX_SHM, ['noexec', 'nosuid', 'nodev', 'mode=1777', 'size=67108864']),
+          ],
+        }),
+      );
       timings.sandboxReadyMs = performance.now() - t0;
       Object.assign(timings, await guestUptimes(hv));
       const sb = new Sandbox(sandboxId, config, hv, agent, shareFs, cleanup, log);

@@ -13,11 +13,12 @@ import { errors, wrapError } from '../../base/errors.js';
 import { sleep } from '../../base/deadline.js';
 import type { Logger } from '../../base/logger.js';
 import { AgentClient } from '../../agent-client/agent-client.js';
+import { createContainerRequest, createSandboxRequest, ephemeralStorage, guestDateTimeRequest } from '../../agent-client/requests.js';
 import type { HypervisorFactory, VmConfig, VmDevice } from '../../hypervisor/hypervisor.js';
 import { templateNicMac, type TemplateId } from './template-key.js';
 import type { TemplateMeta, TemplateStore } from './template-store.js';
 import { GUEST_WARMUP_ROOTFS } from '../../protocol/guest-paths.js';
-import { specToProto, type OciSpec } from '../../protocol/oci-spec.js';
+import type { OciSpec } from '../../protocol/oci-spec.js';
 
 export interface BuildTemplateOptions {
   /** Until QEMU runs (QMP answers). */
@@ -174,43 +175,14 @@ function warmUpSpec(): OciSpec {
  * the agent as it was (no sandbox, nothing mounted: the 9p share stays unmounted, hence migratable).
  */
 async function warmUp(agent: AgentClient): Promise<void> {
-  const now = Date.now();
   await agent.call('ReseedRandomDev', { data: randomBytes(64) });
-  await agent.call('SetGuestDateTime', { Sec: Math.floor(now / 1000), Usec: (now % 1000) * 1000 });
-  await agent.call('CreateSandbox', {
-    hostname: '',
-    dns: [],
-    storages: [
-      {
-        driver: 'ephemeral',
-        driverOptions: [],
-        source: 'tmpfs',
-        fstype: 'tmpfs',
-        options: ['size=1m'],
-        mountPoint: '/run/kata-containers/template-warmup',
-        fsGroup: undefined,
-        shared: false,
-      },
-    ],
-    sandboxPidns: false,
-    sandboxId: 'template-warmup',
-    guestHookPath: '',
-    kernelModules: [],
-  });
+  await agent.call('SetGuestDateTime', guestDateTimeRequest(Date.now()));
+  await agent.call(
+    'CreateSandbox',
+    createSandboxRequest('template-warmup', { storages: [ephemeralStorage('tmpfs', '/run/kata-containers/template-warmup', ['size=1m'])] }),
+  );
   const id = 'template-warmup';
-  await agent.call('CreateContainer', {
-    containerId: id,
-    execId: id,
-    stringUser: undefined,
-    devices: [],
-    storages: [],
-    OCI: specToProto(warmUpSpec()),
-    sandboxPidns: false,
-    sharedMounts: [],
-    stdinPort: 0,
-    stdoutPort: 0,
-    stderrPort: 0,
-  });
+  await agent.call('CreateContainer', createContainerRequest(id, warmUpSpec(), []));
   await agent.call('StartContainer', { containerId: id });
   const exit = await agent.call('WaitProcess', { containerId: id, execId: id });
   if (exit.status !== 0) throw errors.internal('KATA_TEMPLATE_WARMUP', `the template's warm-up container exited ${exit.status}`);
