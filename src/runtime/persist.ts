@@ -1,6 +1,8 @@
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { errors } from '../base/errors.js';
+import { sandboxStateDir, vmDir, type RuntimePaths } from './paths.js';
+import type { Sandbox } from './sandbox.js';
 
 /**
  * What must survive the shim process so that containerd's `shim delete` can clean up after a crash:
@@ -26,7 +28,7 @@ export interface PersistedSandbox {
 
 export const persistPath = (stateDir: string) => join(stateDir, 'persist.json');
 
-export async function savePersisted(stateDir: string, state: PersistedSandbox): Promise<void> {
+async function savePersisted(stateDir: string, state: PersistedSandbox): Promise<void> {
   await mkdir(stateDir, { recursive: true, mode: 0o700 });
   const tmp = persistPath(stateDir) + '.tmp';
   await writeFile(tmp, JSON.stringify(state, null, 2), { mode: 0o600 });
@@ -47,4 +49,23 @@ export async function loadPersisted(stateDir: string): Promise<PersistedSandbox 
   } catch (err) {
     throw errors.invalid('KATA_PERSIST_CORRUPT', `${persistPath(stateDir)}: ${(err as Error).message}`, err);
   }
+}
+
+/**
+ * Persists what a reaper needs for a running sandbox: its host processes and share kind, plus what the caller
+ * adds (the containers whose rootfs it mounted; the owner process, for `kata-runtime run`).
+ */
+export function persistSandbox(
+  paths: RuntimePaths,
+  sb: Pick<Sandbox, 'id' | 'hostProcesses' | 'sharedFsKind'>,
+  extra: Pick<PersistedSandbox, 'containers' | 'owner'>,
+): Promise<void> {
+  return savePersisted(sandboxStateDir(paths, sb.id), {
+    sandboxId: sb.id,
+    vmDir: vmDir(paths, sb.id),
+    sharedRoot: paths.sharedRoot,
+    processes: sb.hostProcesses(),
+    sharedFs: sb.sharedFsKind,
+    ...extra,
+  });
 }

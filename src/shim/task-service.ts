@@ -17,8 +17,8 @@ import { findConfigFile, loadConfig } from '../runtime/config/load.js';
 import type { Container } from '../runtime/container.js';
 import { podIdentity, type PodIdentity } from '../runtime/container-type.js';
 import { defaultSandboxDeps } from '../runtime/default-deps.js';
-import { sandboxStateDir, vmDir, type RuntimePaths } from '../runtime/paths.js';
-import { savePersisted } from '../runtime/persist.js';
+import type { RuntimePaths } from '../runtime/paths.js';
+import { persistSandbox } from '../runtime/persist.js';
 import type { Process } from '../runtime/process.js';
 import type { HostStdio } from '../runtime/process-io.js';
 import { Sandbox } from '../runtime/sandbox.js';
@@ -447,13 +447,8 @@ export class TaskService {
   private async persist(): Promise<void> {
     const sb = this.sandbox;
     if (!sb) return;
-    await savePersisted(sandboxStateDir(this.paths, sb.id), {
-      sandboxId: sb.id,
-      vmDir: vmDir(this.paths, sb.id),
-      sharedRoot: this.paths.sharedRoot,
-      processes: sb.hostProcesses(),
+    await persistSandbox(this.paths, sb, {
       containers: Object.fromEntries([...this.tasks.values()].map((x) => [x.id, { bundle: x.bundle, rootfsMounted: x.rootfsMounted }])),
-      sharedFs: sb.sharedFsKind,
     });
   }
 }

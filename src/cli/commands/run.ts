@@ -5,8 +5,8 @@ import { errors } from '../../base/errors.js';
 import type { Logger } from '../../base/logger.js';
 import { parseOciSpec } from '../../protocol/oci-spec.js';
 import { defaultSandboxDeps } from '../../runtime/default-deps.js';
-import { defaultPaths, sandboxStateDir, vmDir } from '../../runtime/paths.js';
-import { savePersisted } from '../../runtime/persist.js';
+import { defaultPaths } from '../../runtime/paths.js';
+import { persistSandbox } from '../../runtime/persist.js';
 import { reapOrphanedRuns } from '../../runtime/reaper.js';
 import { Sandbox } from '../../runtime/sandbox.js';
 import { loadRuntimeConfig } from '../load-runtime-config.js';
@@ -47,15 +47,7 @@ export async function runCommand(containerId: string, opts: RunOptions, log: Log
   await reapOrphanedRuns(paths, log);
   const sandbox = await Sandbox.create({ sandboxId: containerId, config, paths, hostname: spec.hostname }, defaultSandboxDeps(), log);
   // What a later run needs to reap this sandbox should this process be killed.
-  await savePersisted(sandboxStateDir(paths, sandbox.id), {
-    sandboxId: sandbox.id,
-    vmDir: vmDir(paths, sandbox.id),
-    sharedRoot: paths.sharedRoot,
-    processes: sandbox.hostProcesses(),
-    containers: {},
-    sharedFs: sandbox.sharedFsKind,
-    owner: { pid: process.pid, cmdlineContains: 'kata-runtime' },
-  }).catch(async (err) => {
+  await persistSandbox(paths, sandbox, { containers: {}, owner: { pid: process.pid, cmdlineContains: 'kata-runtime' } }).catch(async (err) => {
     await teardown(sandbox, log);
     throw err;
   });
