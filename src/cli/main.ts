@@ -6,6 +6,7 @@ import { registerEnvCommand } from './commands/env.js';
 import { registerFactoryCommand } from './commands/factory.js';
 import { registerMetricsCommand } from './commands/metrics.js';
 import { runCommand } from './commands/run.js';
+import type { CommandDeps } from './command-deps.js';
 
 /** Exit codes for errors, by kind (the container's own status is returned as is by `run`). */
 const EXIT_FOR_KIND: Record<string, number> = { InvalidArgument: 2, NotFound: 2, NotImplemented: 3 };
@@ -29,12 +30,8 @@ export async function main(argv: string[]): Promise<number> {
       result = await runCommand(id, { ...o, config: program.opts().config }, log());
     });
 
-  registerFactoryCommand(program, {
-    configPath: () => program.opts().config,
-    log,
-    setResult: (code) => (result = code),
-  });
-  const deps = { configPath: () => program.opts().config as string | undefined, log, setResult: (code: number) => (result = code) };
+  const deps: CommandDeps = { configPath: () => program.opts().config as string | undefined, log, setResult: (code) => (result = code) };
+  registerFactoryCommand(program, deps);
   registerCheckCommand(program, deps);
   registerEnvCommand(program, deps);
   registerMetricsCommand(program, deps);

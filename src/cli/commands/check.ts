@@ -7,6 +7,7 @@ import type { Logger } from '../../base/logger.js';
 import { probeAccel } from '../../hypervisor/accel.js';
 import { defaultHypervisorConfig, type RuntimeConfig } from '../../runtime/config/index.js';
 import { loadRuntimeConfig } from '../load-runtime-config.js';
+import type { CommandDeps } from '../command-deps.js';
 
 /**
  * `kata-runtime check`: Kata's host checks, adapted to kata-ts. The host may lack KVM (TCG still runs pods,
@@ -350,7 +351,7 @@ export function formatReport(r: CheckReport, opts: CheckOptions): string[] {
 
 export function registerCheckCommand(
   program: Command,
-  deps: { configPath: () => string | undefined; log: () => Logger; setResult: (code: number) => void },
+  deps: CommandDeps,
 ): void {
   program
     .command('check')

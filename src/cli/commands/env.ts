@@ -9,6 +9,7 @@ import { defaultConfigPaths } from '../../runtime/config/index.js';
 import { defaultPaths } from '../../runtime/paths.js';
 import { loadRuntimeConfig } from '../load-runtime-config.js';
 import { findOnPath, isExecutable, manifestEntry, readGuestManifest, SHIM_BINARY, versionOf } from './check.js';
+import type { CommandDeps } from '../command-deps.js';
 
 export interface AssetInfo {
   path: string;
@@ -138,7 +139,7 @@ function tomlSafe(v: unknown): unknown {
 
 export function registerEnvCommand(
   program: Command,
-  deps: { configPath: () => string | undefined; log: () => Logger; setResult: (code: number) => void },
+  deps: CommandDeps,
 ): void {
   program
     .command('env')

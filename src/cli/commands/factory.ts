@@ -5,6 +5,7 @@ import { qemuFactory } from '../../hypervisor/qemu/qemu.js';
 import type { RuntimeConfig } from '../../runtime/config/types.js';
 import { destroyTemplates, initTemplates, templateStatus, type TemplateStatus } from '../../runtime/factory/index.js';
 import { loadRuntimeConfig } from '../load-runtime-config.js';
+import type { CommandDeps } from '../command-deps.js';
 
 /** Where the command's results go (stdout in the CLI; tests capture it). */
 export type Print = (line: string) => void;
@@ -88,7 +89,7 @@ export async function factoryDestroy(configPath: string | undefined, log: Logger
 /** Registers `factory init|status|destroy` on the program; `configPath()` reads the global --config. */
 export function registerFactoryCommand(
   program: Command,
-  deps: { configPath: () => string | undefined; log: () => Logger; setResult: (code: number) => void },
+  deps: CommandDeps,
 ): void {
   const print: Print = (line) => process.stdout.write(line + '\n');
   const factory = program.command('factory').description('manage the VM factory (templates): init | status | destroy');

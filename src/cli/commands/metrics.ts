@@ -3,6 +3,7 @@ import { errors } from '../../base/errors.js';
 import { checkId } from '../../base/ids.js';
 import { defaultPaths } from '../../runtime/paths.js';
 import { managementSocketPath, shimGet } from '../../shim/management-server.js';
+import type { CommandDeps } from '../command-deps.js';
 
 export type Print = (text: string) => void;
 
@@ -15,7 +16,7 @@ export async function metricsCommand(sandboxId: string, print: Print): Promise<n
   return 0;
 }
 
-export function registerMetricsCommand(program: Command, deps: { setResult: (code: number) => void }): void {
+export function registerMetricsCommand(program: Command, deps: Pick<CommandDeps, 'setResult'>): void {
   program
     .command('metrics')
     .description("print a sandbox's metrics (Prometheus text) from its shim's management socket")
