@@ -34,11 +34,6 @@ export class CommandShell {
     return next;
   }
 
-  /** Stops the shell (the agent exiting, tests). */
-  close(): void {
-    this.kill();
-  }
-
   private runNow(cmd: string, args: string[]): Promise<string> {
     const words = [cmd, ...args];
     const sh = this.shell();
@@ -82,7 +77,7 @@ export class CommandShell {
       };
       const onExit = () => finish(errors.internal('KATA_GUEST_CMD', `${words.join(' ')}: the command shell exited`));
       const timer = setTimeout(() => {
-        this.kill();
+        this.close();
         finish(errors.deadline('KATA_GUEST_CMD_TIMEOUT', `${words.join(' ')}: no answer within ${this.timeoutMs} ms`));
       }, this.timeoutMs);
       sh.stdout.on('data', onOut);
@@ -104,7 +99,8 @@ export class CommandShell {
     return sh;
   }
 
-  private kill(): void {
+  /** Stops the shell and the command it runs (a timeout; tests). The next command starts a new one. */
+  close(): void {
     const sh = this.sh;
     this.sh = undefined;
     if (sh?.pid === undefined) return;

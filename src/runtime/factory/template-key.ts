@@ -63,8 +63,8 @@ export function templateNicMac(deviceId: string): string {
   return ['02', '6b', ...[...h.subarray(0, 4)].map((b) => b.toString(16).padStart(2, '0'))].join(':');
 }
 
-/** Tap name QEMU creates (and removes when it exits) for a template's NIC: the guest never sees it. */
-export const TEMPLATE_TAP_PLACEHOLDER = 'kt-template';
+/** The tap name in the key: a NIC's backend (tap by name or fd, its netns) is not guest-visible. */
+const TEMPLATE_TAP_PLACEHOLDER = 'kt-template';
 
 /**
  * The devices as the guest sees them: host-side backends replaced by placeholders, NICs with the template's

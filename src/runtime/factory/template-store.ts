@@ -44,7 +44,7 @@ export interface FileStamp {
 export interface TemplateMeta {
   schema: 1;
   key: string;
-  /** Templates of one family differ only in their NICs (see templateKey). */
+  /** The guest assets and QEMU the template was made from: templates of one family differ only in VM shape (see templateKey). */
   family: string;
   inputs: TemplateInputs;
   memoryMiB: number;

@@ -43,6 +43,16 @@ export function sandboxVmConfigFor(config: RuntimeConfig, accel: VmConfig['accel
   return sandboxVmConfig('factory', vmDir, config, [share, ...nicDevices], accel);
 }
 
+/** The VM config of each TEMPLATE_VARIANTS shape; throws when this configuration cannot use templates. */
+function variantConfigs(config: RuntimeConfig, accel: VmConfig['accel']): { variant: string; vmConfig: VmConfig }[] {
+  return TEMPLATE_VARIANTS.map((v) => {
+    const vmConfig = sandboxVmConfigFor(config, accel, v.nics);
+    const why = templateIneligibility(vmConfig);
+    if (why) throw errors.precondition('KATA_TEMPLATE_UNSUPPORTED', `VM templates cannot be used: ${why}`);
+    return { variant: v.name, vmConfig };
+  });
+}
+
 export interface InitResult {
   variant: string;
   meta: TemplateMeta;
@@ -63,13 +73,10 @@ export async function initTemplates(
     throw errors.precondition('KATA_TEMPLATE_DISABLED', 'VM templates are not enabled ([factory] enable_template = false)');
   }
   const out: InitResult[] = [];
-  for (const v of TEMPLATE_VARIANTS) {
-    const vmConfig = sandboxVmConfigFor(config, accel, v.nics);
-    const why = templateIneligibility(vmConfig);
-    if (why) throw errors.precondition('KATA_TEMPLATE_UNSUPPORTED', `VM templates cannot be used: ${why}`);
-    const { template, built } = await obtainTemplate(vmConfig, config, hypervisors, { ...opts, retryFailedBuild: true }, log);
+  for (const v of variantConfigs(config, accel)) {
+    const { template, built } = await obtainTemplate(v.vmConfig, config, hypervisors, { ...opts, retryFailedBuild: true }, log);
     await template.release();
-    out.push({ variant: v.name, meta: template.meta, dir: template.dir, built });
+    out.push({ variant: v.variant, meta: template.meta, dir: template.dir, built });
   }
   return out;
 }
@@ -102,12 +109,7 @@ export async function templateStatus(config: RuntimeConfig, accel: VmConfig['acc
     differences: {},
   };
   try {
-    const ids = TEMPLATE_VARIANTS.map((v) => {
-      const vmConfig = sandboxVmConfigFor(config, accel, v.nics);
-      const why = templateIneligibility(vmConfig);
-      if (why) throw errors.precondition('KATA_TEMPLATE_UNSUPPORTED', why);
-      return { variant: v.name, ...templateKey(vmConfig) };
-    });
+    const ids = variantConfigs(config, accel).map((v) => ({ variant: v.variant, ...templateKey(v.vmConfig) }));
     status.currentKeys = ids.map(({ variant, key }) => ({ variant, key }));
     for (const id of ids) status.matches[id.variant] = status.templates.some((t) => t.meta?.key === id.key && !t.problem);
     for (const t of status.templates) {
